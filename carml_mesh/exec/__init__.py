@@ -1,0 +1,1 @@
+"""Executors: where inference runs (worker subprocesses now, containers later). Import-light."""

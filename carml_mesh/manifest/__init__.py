@@ -1,0 +1,1 @@
+"""Model manifests: parsing and strict validation."""

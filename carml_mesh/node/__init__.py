@@ -1,0 +1,1 @@
+"""The Node: lifecycle, wiring and the CLI."""

@@ -1,0 +1,1 @@
+"""HTTP surface: the carml REST/msgpack API, the Open Inference Protocol (KServe v2) and the page."""
