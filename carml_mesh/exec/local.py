@@ -1,0 +1,192 @@
+"""LocalExecutor: one worker subprocess per (framework, device), models kept loaded between requests."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import WorkerUnavailable
+from .base import Executor, ModelSpec
+from .worker.backends import framework_version
+from .worker_process import DEFAULT_START_TIMEOUT, WorkerProcess
+
+log = logging.getLogger("carml.exec")
+
+DEFAULT_RESTART_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
+_MODULES = {"onnxruntime": "onnxruntime", "pytorch": "torch"}
+
+
+@dataclass(frozen=True)
+class LocalExecutorConfig:
+    threads: int = 0  # framework intra-op threads; 0 = the framework's default (all cores)
+    pool: int = 2  # requests a worker handles at once
+    max_pixels: int = 40_000_000
+    start_timeout: float = DEFAULT_START_TIMEOUT
+    restart_backoff: tuple[float, ...] = DEFAULT_RESTART_BACKOFF
+
+
+def installed_frameworks() -> dict[str, str]:
+    """Frameworks importable here, found without importing them (torch alone would cost the node 300 MB)."""
+    found = {}
+    for name, module in _MODULES.items():
+        if importlib.util.find_spec(module) is not None and (version := framework_version(name)):
+            found[name] = version
+    return found
+
+
+class _Slot:
+    """The worker of one (framework, device) and what it should have loaded, surviving restarts."""
+
+    def __init__(self) -> None:
+        self.worker: WorkerProcess | None = None
+        self.models: dict[str, ModelSpec] = {}
+        self.lock = asyncio.Lock()
+        self.restarts = 0
+        self.requests = 0
+        self.failures = 0
+
+
+class LocalExecutor(Executor):
+    kind = "local"
+
+    def __init__(self, run_dir: Path, config: LocalExecutorConfig = LocalExecutorConfig(),
+                 devices: list[str] | None = None) -> None:
+        self.run_dir = run_dir
+        self.config = config
+        self._frameworks = installed_frameworks()
+        self._devices = devices or ["cpu"]
+        self._slots: dict[tuple[str, str], _Slot] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def frameworks(self) -> dict[str, str]:
+        return dict(self._frameworks)
+
+    def devices(self) -> list[str]:
+        return list(self._devices)
+
+    async def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        workers = [s.worker for s in self._slots.values() if s.worker is not None]
+        await asyncio.gather(*(w.aclose() for w in workers), return_exceptions=True)
+
+    def is_loaded(self, model: ModelSpec) -> bool:
+        slot = self._slots.get((model.framework, model.device))
+        return bool(slot and slot.worker and slot.worker.alive and model.key in slot.worker.loaded)
+
+    async def load(self, model: ModelSpec) -> float:
+        slot = self._slots.setdefault((model.framework, model.device), _Slot())
+        worker = await self._ensure_worker(model.framework, model.device)
+        slot.models[model.key] = model
+        return await self._load_into(worker, model)
+
+    async def _load_into(self, worker: WorkerProcess, model: ModelSpec) -> float:
+        reply = await worker.request(
+            {"op": "load", "model": model.key, "path": model.path, "spec": model.spec},
+            timeout=self.config.start_timeout,
+        )
+        worker.loaded.add(model.key)
+        return float(reply.get("load_ms", 0.0))
+
+    async def unload(self, model: ModelSpec) -> None:
+        slot = self._slots.get((model.framework, model.device))
+        if slot is None or slot.models.pop(model.key, None) is None:
+            return
+        if slot.worker is not None and slot.worker.alive:
+            await slot.worker.request({"op": "unload", "model": model.key}, timeout=5.0)
+
+    async def infer(self, model: ModelSpec, request: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+        slot = self._slots.setdefault((model.framework, model.device), _Slot())
+        worker = slot.worker
+        if worker is None or not worker.alive or model.key not in worker.loaded:
+            async with asyncio.timeout(timeout):
+                await self.load(model)
+            worker = slot.worker
+        assert worker is not None
+        slot.requests += 1
+        try:
+            return await worker.request({"op": "infer", "model": model.key, **request}, timeout=timeout)
+        except WorkerUnavailable:
+            slot.failures += 1
+            raise
+
+    async def _ensure_worker(self, framework: str, device: str) -> WorkerProcess:
+        if framework not in self._frameworks:
+            raise WorkerUnavailable(f"framework {framework} is not installed on this node")
+        slot = self._slots.setdefault((framework, device), _Slot())
+        async with slot.lock:
+            if slot.worker is not None and slot.worker.alive:
+                return slot.worker
+            if self._closed:
+                raise WorkerUnavailable("the node is shutting down")
+            if slot.worker is not None:
+                await slot.worker.aclose()
+                slot.restarts += 1
+            safe = f"{framework}-{device}".replace(":", "")
+            worker = WorkerProcess(
+                framework, device, self.run_dir / f"{safe}.sock", threads=self.config.threads,
+                pool=self.config.pool, max_pixels=self.config.max_pixels, start_timeout=self.config.start_timeout,
+            )
+            await worker.start()
+            slot.worker = worker
+            self._spawn(self._supervise(framework, device, worker))
+            return worker
+
+    async def _supervise(self, framework: str, device: str, worker: WorkerProcess) -> None:
+        """Restart a crashed worker and reload what it had, so the next request finds its models warm."""
+        await worker.died.wait()
+        slot = self._slots[(framework, device)]
+        for delay in (*self.config.restart_backoff, None):
+            if self._closed or slot.worker is not worker:
+                return
+            try:
+                new = await self._ensure_worker(framework, device)
+                for spec in list(slot.models.values()):
+                    if spec.key not in new.loaded:
+                        await self._load_into(new, spec)
+                log.info("%s/%s worker restarted (pid %s), %d model(s) reloaded",
+                         framework, device, new.pid, len(slot.models))
+                return
+            except Exception as exc:
+                if delay is None:
+                    log.error("%s/%s worker could not be restarted: %s", framework, device, exc)
+                    return
+                log.warning("%s/%s worker restart failed (%s); retrying in %.1f s", framework, device, exc, delay)
+                await asyncio.sleep(delay)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def statistics(self) -> dict[str, Any]:
+        workers = []
+        for (framework, device), slot in self._slots.items():
+            w = slot.worker
+            workers.append({
+                "framework": framework,
+                "device": device,
+                "pid": w.pid if w else None,
+                "alive": bool(w and w.alive),
+                "in_flight": w.in_flight if w else 0,
+                "restarts": slot.restarts,
+                "requests": slot.requests,
+                "failures": slot.failures,
+                "models": sorted(slot.models),
+            })
+        return {"kind": self.kind, "workers": workers}
+
+    def worker_pids(self) -> list[int]:
+        return [s.worker.pid for s in self._slots.values() if s.worker and s.worker.pid and s.worker.alive]
+
+

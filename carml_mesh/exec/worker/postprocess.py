@@ -1,0 +1,27 @@
+"""Turning raw outputs into answers: probabilities and the top k classes with labels."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+
+
+TRANSFORMS = {"softmax": softmax, "sigmoid": sigmoid, "none": lambda x: x.astype(np.float64)}
+
+
+def top_k(scores: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The k highest (index, score) pairs of one row, best first; ties broken by the lower index."""
+    flat = scores.reshape(-1)
+    k = max(1, min(k, flat.size))
+    part = np.argpartition(-flat, k - 1)[:k]
+    order = sorted(part.tolist(), key=lambda i: (-flat[i], i))
+    return [(int(i), float(flat[i])) for i in order]

@@ -1,0 +1,195 @@
+"""One worker subprocess seen from the node: start, request/reply over a Unix socket, crash detection, close."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import WorkerUnavailable
+from .base import error_from_worker
+from .worker import protocol
+
+log = logging.getLogger("carml.exec")
+
+DEFAULT_START_TIMEOUT = 60.0
+DEFAULT_STOP_TIMEOUT = 3.0
+
+
+class WorkerProcess:
+    """Requests are multiplexed by id, so many may be in flight; a crash fails each of them with 503."""
+
+    def __init__(
+        self,
+        framework: str,
+        device: str,
+        socket_path: Path,
+        *,
+        threads: int = 0,
+        pool: int = 2,
+        max_pixels: int = 40_000_000,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+    ) -> None:
+        self.framework, self.device = framework, device
+        self.socket_path = socket_path
+        self._args = ["--threads", str(threads), "--pool", str(pool), "--max-pixels", str(max_pixels)]
+        self._start_timeout = start_timeout
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._proc: asyncio.subprocess.Process | None = None
+        self._server: asyncio.Server | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.hello: dict[str, Any] = {}
+        self.loaded: set[str] = set()  # model keys this process has loaded
+        self.died = asyncio.Event()
+        self.exit_reason = ""
+        self._closing = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def alive(self) -> bool:
+        return self._writer is not None and not self.died.is_set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    async def start(self) -> None:
+        connected: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+        def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if connected.done():
+                writer.close()  # only our worker may talk to us; a second connection is refused
+            else:
+                connected.set_result((reader, writer))
+
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        self._server = await asyncio.start_unix_server(on_connect, path=str(self.socket_path))
+        os.chmod(self.socket_path, 0o600)
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "carml_mesh.exec.worker", "--connect", str(self.socket_path),
+            "--framework", self.framework, "--device", self.device, *self._args,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+        exited = asyncio.ensure_future(self._proc.wait())
+        try:
+            # Readiness is the worker's hello on the socket, raced against its exit: never a sleep.
+            async with asyncio.timeout(self._start_timeout):
+                done, _ = await asyncio.wait({connected, exited}, return_when=asyncio.FIRST_COMPLETED)
+                if connected not in done:
+                    raise WorkerUnavailable(
+                        f"{self.framework} worker exited with status {self._proc.returncode} before it was ready "
+                        f"(is {self.framework} installed?)"
+                    )
+                reader, writer = connected.result()
+                header = await reader.readexactly(protocol.HEADER.size)
+                self.hello = protocol.unpack(await reader.readexactly(protocol.frame_length(header)))
+        except TimeoutError:
+            await self.aclose()
+            raise WorkerUnavailable(f"{self.framework} worker did not start within {self._start_timeout:.0f} s") from None
+        except BaseException:
+            exited.cancel()
+            await self.aclose()
+            raise
+        # one connection is all we take: stop listening so nothing else can reach this socket
+        self._server.close()
+        self._writer = writer
+        self._spawn(self._read_replies(reader))
+        self._spawn(self._watch_exit(exited))
+        log.info("%s/%s worker pid %s ready", self.framework, self.device, self._proc.pid)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def request(self, message: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+        if not self.alive or self._writer is None:
+            raise WorkerUnavailable(f"{self.framework} worker is not running: {self.exit_reason or 'not started'}")
+        rid = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = future
+        try:
+            self._writer.write(protocol.pack({**message, "id": rid}))
+            async with asyncio.timeout(timeout):
+                reply = await future
+        except TimeoutError:
+            raise WorkerUnavailable(f"{self.framework} worker did not answer within {timeout:.1f} s") from None
+        except (ConnectionError, RuntimeError) as exc:
+            raise WorkerUnavailable(f"{self.framework} worker connection lost: {exc}") from exc
+        finally:
+            self._pending.pop(rid, None)
+        if not reply.get("ok"):
+            raise error_from_worker(reply.get("error"))
+        return reply
+
+    async def _read_replies(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                header = await reader.readexactly(protocol.HEADER.size)
+                reply = protocol.unpack(await reader.readexactly(protocol.frame_length(header)))
+                future = self._pending.get(reply.get("id"))  # type: ignore[arg-type]
+                if future is not None and not future.done():
+                    future.set_result(reply)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self._mark_dead("connection closed")
+        except protocol.ProtocolError as exc:
+            self._mark_dead(f"protocol error: {exc}")
+            if self._proc and self._proc.returncode is None:
+                self._proc.kill()
+
+    async def _watch_exit(self, exited: asyncio.Future[int]) -> None:
+        code = await exited
+        self._mark_dead(f"exited with status {code}")
+
+    def _mark_dead(self, reason: str) -> None:
+        if self.died.is_set():
+            return
+        self.exit_reason = reason
+        self.died.set()
+        if not self._closing:
+            log.warning("%s/%s worker pid %s died: %s", self.framework, self.device, self.pid, reason)
+        error = WorkerUnavailable(f"{self.framework} worker died ({reason}); retry shortly, it is being restarted")
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+
+    async def aclose(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
+        """Ask the worker to stop, kill it if it does not within ``timeout``; safe to call twice."""
+        self._closing = True
+        proc = self._proc
+        if self._writer is not None and not self._writer.is_closing():
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                self._writer.write(protocol.pack({"op": "shutdown"}))
+            self._writer.close()
+        if proc is not None and proc.returncode is None:
+            try:
+                async with asyncio.timeout(timeout):
+                    await proc.wait()
+            except TimeoutError:
+                log.warning("%s worker pid %s did not stop in %.1f s; killing it", self.framework, proc.pid, timeout)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        self._mark_dead("closed")
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()

@@ -1,0 +1,188 @@
+"""``carml-node``: run a node (the default), or talk to one (models, predict), or check manifests (validate)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import CarmlError
+from .config import DEFAULT_HOST, DEFAULT_PORT, NodeConfig, default_data_dir
+
+log = logging.getLogger("carml.node")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"CARML_{name}", default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="carml-node", description="A node of the carml-mesh: serves, routes and "
+                                     "benchmarks ML models. With no command it runs the node.")
+    parser.add_argument("--version", action="version", version=f"carml-mesh {__version__}")
+    sub = parser.add_subparsers(dest="command")
+
+    serve = sub.add_parser("serve", help="run a node (the default)")
+    _serve_args(serve)
+    _serve_args(parser)  # so that `carml-node --port 1234` works with no command
+
+    models = sub.add_parser("models", help="list the models a node serves")
+    models.add_argument("--url", default=_env("URL", f"http://127.0.0.1:{DEFAULT_PORT}"))
+    models.add_argument("--json", action="store_true", help="print the raw JSON")
+
+    predict = sub.add_parser("predict", help="classify image files with a model on a node")
+    predict.add_argument("model")
+    predict.add_argument("files", nargs="+", type=Path)
+    predict.add_argument("--url", default=_env("URL", f"http://127.0.0.1:{DEFAULT_PORT}"))
+    predict.add_argument("--framework")
+    predict.add_argument("--device")
+    predict.add_argument("--version", dest="model_version")
+    predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--json", action="store_true", help="print the raw JSON")
+
+    validate = sub.add_parser("validate", help="check manifest files and say what is wrong with each")
+    validate.add_argument("manifests", nargs="+", type=Path)
+    return parser
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default=_env("HOST", DEFAULT_HOST), help="address to listen on [CARML_HOST]")
+    p.add_argument("--port", type=int, default=int(_env("PORT", str(DEFAULT_PORT)) or DEFAULT_PORT),
+                   help="HTTP port [CARML_PORT]")
+    p.add_argument("--data-dir", type=Path, default=Path(_env("DATA_DIR") or default_data_dir()),
+                   help="artifact store, node id [CARML_DATA_DIR]")
+    p.add_argument("--manifests", type=Path, action="append",
+                   help="folder of *.yml manifests; repeatable [CARML_MANIFESTS, ':'-separated; "
+                        "default DATA_DIR/manifests]")
+    p.add_argument("--samples", type=Path, default=_env("SAMPLES"), help="folder of sample images for the page")
+    p.add_argument("--name", default=_env("NAME"), help="node name shown to users (default: host name)")
+    p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    p.add_argument("--lazy", action="store_true", help="load models on first use instead of at start")
+    p.add_argument("--worker-threads", type=int, default=int(_env("WORKER_THREADS", "0") or 0),
+                   help="framework threads per worker (0: all cores)")
+    p.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body accepted")
+    p.add_argument("--request-timeout", type=float, default=30.0, help="seconds before a request fails with 503")
+
+
+def config_from_args(args: argparse.Namespace) -> NodeConfig:
+    manifests = args.manifests
+    if not manifests:
+        env = _env("MANIFESTS")
+        manifests = [Path(p) for p in env.split(":") if p] if env else [args.data_dir / "manifests"]
+    kwargs: dict[str, Any] = {}
+    if args.name:
+        kwargs["name"] = args.name
+    return NodeConfig(
+        host=args.host, port=args.port, data_dir=args.data_dir, manifests_dirs=tuple(manifests),
+        samples_dir=Path(args.samples) if args.samples else None, preload=not args.lazy,
+        worker_threads=args.worker_threads, max_body_bytes=int(args.max_body_mb * (1 << 20)),
+        request_timeout=args.request_timeout, **kwargs,
+    )
+
+
+async def serve(config: NodeConfig) -> None:
+    from .node import Node
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with Node(config) as node:
+        print(f"carml-node {node.name} ({node.id}) on {node.url()}/ - Ctrl-C to stop", flush=True)
+        await stop.wait()
+        log.info("stopping")
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+async def _get(url: str) -> Any:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def _predict(args: argparse.Namespace) -> tuple[int, Any]:
+    import aiohttp
+
+    form = aiohttp.FormData()
+    form.add_field("model", args.model)
+    for key in ("framework", "device", "model_version"):
+        if value := getattr(args, key):
+            form.add_field(key.removeprefix("model_"), value)
+    form.add_field("top_k", str(args.top_k))
+    for path in args.files:
+        form.add_field("image", path.read_bytes(), filename=path.name)
+    async with aiohttp.ClientSession() as session, session.post(f"{args.url}/api/predict", data=form) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+def _client(coro: Coroutine[Any, Any, tuple[int, Any]], url: str) -> tuple[int, Any]:
+    import aiohttp
+
+    try:
+        return _run(coro)
+    except aiohttp.ClientConnectionError as exc:
+        raise SystemExit(f"carml-node: cannot reach a node at {url}: {exc}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = args.command or "serve"
+    if command == "serve":
+        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        try:
+            _run(serve(config_from_args(args)))
+        except CarmlError as exc:
+            print(f"carml-node: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:
+            print(f"carml-node: cannot start: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if command == "validate":
+        from ..manifest.loader import load_manifest_file
+
+        bad = 0
+        for path in args.manifests:
+            try:
+                m = load_manifest_file(path)
+                print(f"ok    {path}: {m.name} {m.version} ({', '.join(f.name for f in m.frameworks)})")
+            except CarmlError as exc:
+                bad += 1
+                print(f"error {exc}")
+        return 1 if bad else 0
+    if command == "models":
+        status, doc = _client(_get(f"{args.url}/api/models"), args.url)
+        if args.json or status != 200:
+            print(json.dumps(doc, indent=2))
+            return 0 if status == 200 else 1
+        for m in doc["models"]:
+            fws = ", ".join(f"{f['name']}{'*' if f['loaded'] else ''}" for f in m["frameworks"] if f["available"])
+            print(f"{m['name']:<24} {m['version']:<10} {fws:<28} {m.get('description', '')[:60]}")
+        return 0
+    status, doc = _client(_predict(args), args.url)
+    if args.json or status != 200:
+        print(json.dumps(doc, indent=2))
+        return 0 if status == 200 else 1
+    print(f"{doc['model']} {doc['version']} on {doc['framework']}/{doc['device']} at node {doc['node']['name']}")
+    for path, result in zip(args.files, doc["results"], strict=True):
+        print(f"{path}  ({result['timings_ms']['total']:.1f} ms)")
+        for p in result.get("predictions", []):
+            print(f"  {p['probability']:6.3f}  {p['index']:>5}  {p['label']}")
+    return 0

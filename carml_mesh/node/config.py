@@ -1,0 +1,41 @@
+"""Node configuration: one frozen dataclass, every limit and timer a field with a default."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_HOST = "0.0.0.0"
+DEFAULT_PORT = 7450
+DEFAULT_MAX_BODY_BYTES = 64 << 20  # uploads; a bigger body is answered 413 before it is read
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # decoded pixels per image (decompression bombs)
+DEFAULT_MAX_BATCH = 256  # inputs per request
+DEFAULT_REQUEST_TIMEOUT = 30.0
+DEFAULT_SHUTDOWN_TIMEOUT = 4.0  # SIGTERM -> exit within 5 s, workers included
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "carml-mesh"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    data_dir: Path = field(default_factory=default_data_dir)
+    manifests_dirs: tuple[Path, ...] = ()
+    samples_dir: Path | None = None
+    name: str = field(default_factory=socket.gethostname)
+    executor: str = "local"
+    preload: bool = True  # load every servable model at start, as a serving system does
+    worker_threads: int = 0
+    worker_pool: int = 2
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_batch: int = DEFAULT_MAX_BATCH
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    devices: tuple[str, ...] = ()  # empty: detect

@@ -1,0 +1,196 @@
+"""Serving one request on this node: pick the deployment, check inputs against the manifest, run, shape the answer.
+
+No HTTP here: the web layer turns bodies into `PredictRequest`s and answers back into bytes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import BadRequest, NotFound, PayloadTooLarge, WorkerUnavailable
+from ..exec.base import Executor, ModelSpec
+from ..exec.worker.protocol import ProtocolError, decode_tensor, encode_tensor
+from .catalog import Catalog, ServedModel
+
+DEFAULT_TOP_K = 5
+MAX_TOP_K = 1000
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    model: str
+    version: str | None = None
+    framework: str | None = None
+    device: str | None = None
+    top_k: int = DEFAULT_TOP_K
+    images: tuple[bytes, ...] = ()
+    tensors: dict[str, np.ndarray] | None = None  # batched, by input name
+
+    @property
+    def batch_size(self) -> int:
+        if self.images:
+            return len(self.images)
+        return len(next(iter(self.tensors.values()))) if self.tensors else 0
+
+
+class InferenceService:
+    def __init__(self, catalog: Catalog, executor: Executor, *, node: dict[str, str], max_batch: int,
+                 timeout: float) -> None:
+        self.catalog = catalog
+        self.executor = executor
+        self.node = node
+        self.max_batch = max_batch
+        self.timeout = timeout
+
+    def select(self, model: ServedModel, framework: str | None, device: str | None) -> ModelSpec:
+        """The deployment a request names, or the first servable one in manifest order."""
+        names = [f.name for f in model.manifest.frameworks]
+        if framework:
+            if framework not in names:
+                raise NotFound(f"model {model.name} has no {framework} artifact; it has {', '.join(names)}")
+            problem = model.deployments[framework].problem
+            if problem:
+                raise WorkerUnavailable(f"model {model.name} on {framework} is not servable here: {problem}")
+        else:
+            available = model.available_frameworks()
+            if not available:
+                reasons = "; ".join(f"{n}: {d.problem}" for n, d in model.deployments.items())
+                raise WorkerUnavailable(f"model {model.name} cannot be served on this node ({reasons})")
+            framework = available[0]
+        devices = [d for d in self.executor.devices() if d.split(":")[0] in model.manifest.devices]
+        if device:
+            if device not in devices:
+                raise NotFound(f"device {device!r} is not available for {model.name} here; devices: {', '.join(devices)}")
+        elif devices:
+            device = devices[0]
+        else:
+            raise NotFound(f"no device of this node ({', '.join(self.executor.devices())}) suits {model.name}")
+        return model.model_spec(framework, device)
+
+    async def predict(self, request: PredictRequest) -> dict[str, Any]:
+        started = time.perf_counter()
+        model = self.catalog.get(request.model, request.version)
+        spec = self.select(model, request.framework, request.device)
+        batch = request.batch_size
+        if batch == 0:
+            raise BadRequest("'inputs' must hold at least one image or tensor")
+        if batch > self.max_batch:
+            raise PayloadTooLarge(f"a request may hold at most {self.max_batch} inputs, got {batch}")
+        if not 1 <= request.top_k <= MAX_TOP_K:
+            raise BadRequest(f"top_k must be between 1 and {MAX_TOP_K}, got {request.top_k}")
+        classify = model.manifest.output.type == "classification"
+        message: dict[str, Any] = {"top_k": request.top_k} if classify else {}
+        if request.images:
+            if model.manifest.inputs[0].type != "image":
+                raise BadRequest(f"model {model.name} takes tensors, not images: send 'tensor' inputs")
+            message["images"] = list(request.images)
+        else:
+            assert request.tensors is not None
+            tensors = check_tensors(model, request.tensors)
+            message["tensors"] = {name: encode_tensor(t) for name, t in tensors.items()}
+        reply = await self.executor.infer(spec, message, timeout=self.timeout)
+        total = (time.perf_counter() - started) * 1e3
+        results = _results(reply, batch, classify)
+        t = reply.get("timings", {})
+        worker_ms = sum(_as_list(t.get("decode"), batch)) + sum(_as_list(t.get("preprocess"), batch))
+        worker_ms += float(t.get("queue", 0.0)) + float(t.get("compute", 0.0)) + float(t.get("postprocess", 0.0))
+        for n, result in enumerate(results):
+            result["timings_ms"] = {
+                "decode": _as_list(t.get("decode"), batch)[n],
+                "preprocess": _as_list(t.get("preprocess"), batch)[n],
+                "queue": float(t.get("queue", 0.0)),
+                "compute": float(t.get("compute", 0.0)),
+                "postprocess": float(t.get("postprocess", 0.0)),
+                "total": total,
+            }
+        return {
+            "model": model.name,
+            "version": model.version,
+            "framework": spec.framework,
+            "device": spec.device,
+            "node": self.node,
+            "batch_size": batch,
+            "results": results,
+            "timings_ms": {"total": total, "worker": worker_ms, "node": max(0.0, total - worker_ms)},
+        }
+
+    async def infer_tensors(
+        self, name: str, version: str | None, tensors: dict[str, np.ndarray], outputs: list[str] | None,
+        *, framework: str | None = None, device: str | None = None,
+    ) -> tuple[ServedModel, ModelSpec, dict[str, np.ndarray]]:
+        """Raw tensors in, raw tensors out (the Open Inference Protocol path)."""
+        model = self.catalog.get(name, version)
+        spec = self.select(model, framework, device)
+        tensors = check_tensors(model, tensors, cast=False)
+        batch = len(next(iter(tensors.values())))
+        if batch > self.max_batch:
+            raise PayloadTooLarge(f"a request may hold at most {self.max_batch} inputs, got {batch}")
+        message: dict[str, Any] = {"tensors": {n: encode_tensor(t) for n, t in tensors.items()}}
+        if outputs:
+            message["outputs"] = outputs
+        reply = await self.executor.infer(spec, message, timeout=self.timeout)
+        try:
+            decoded = {n: decode_tensor(t) for n, t in reply.get("outputs", {}).items()}
+        except ProtocolError as exc:
+            raise WorkerUnavailable(f"worker sent a malformed tensor: {exc}") from exc
+        return model, spec, decoded
+
+
+def check_tensors(model: ServedModel, tensors: dict[str, np.ndarray], *, cast: bool = True) -> dict[str, np.ndarray]:
+    """Inputs as the manifest describes them (batched), or BadRequest saying what differs."""
+    inputs = model.manifest.inputs
+    expected = [i.name for i in inputs]
+    unknown = sorted(set(tensors) - set(expected))
+    if unknown:
+        raise BadRequest(f"model {model.name} has no input {unknown[0]!r}; its inputs are {expected}")
+    checked: dict[str, np.ndarray] = {}
+    batch: int | None = None
+    for spec in inputs:
+        if spec.name not in tensors:
+            raise BadRequest(f"missing input {spec.name!r}; model {model.name} takes {expected}")
+        t = tensors[spec.name]
+        want = [-1, *spec.dimensions]
+        if t.ndim != len(want) or any(w != -1 and w != s for w, s in zip(want, t.shape, strict=True)):
+            raise BadRequest(
+                f"input {spec.name!r}: expected shape {_shape(want)} (batch first), got {list(t.shape)}"
+            )
+        if t.shape[0] == 0:
+            raise BadRequest(f"input {spec.name!r}: the batch is empty")
+        if batch is not None and t.shape[0] != batch:
+            raise BadRequest(f"input {spec.name!r}: batch size {t.shape[0]} differs from the other inputs' {batch}")
+        batch = t.shape[0]
+        dtype = np.dtype(spec.element_type)
+        if t.dtype != dtype:
+            if not cast or not np.can_cast(t.dtype, dtype, casting="same_kind"):
+                raise BadRequest(f"input {spec.name!r}: expected element type {dtype.name}, got {t.dtype.name}")
+            t = t.astype(dtype)
+        checked[spec.name] = t
+    return checked
+
+
+def _shape(dims: list[int]) -> str:
+    return "[" + ", ".join("N" if n == 0 else ("*" if d == -1 else str(d)) for n, d in enumerate(dims)) + "]"
+
+
+def _as_list(value: Any, n: int) -> list[float]:
+    if isinstance(value, list) and len(value) == n:
+        return [float(v) for v in value]
+    return [0.0] * n
+
+
+def _results(reply: dict[str, Any], batch: int, classify: bool) -> list[dict[str, Any]]:
+    if classify and "results" in reply:
+        return [
+            {"predictions": [{"index": int(i), "label": str(label), "probability": float(p)}
+                             for i, p, label in r["predictions"]]}
+            for r in reply["results"]
+        ]
+    try:
+        outputs = {n: decode_tensor(t) for n, t in reply.get("outputs", {}).items()}
+    except ProtocolError as exc:
+        raise WorkerUnavailable(f"worker sent a malformed tensor: {exc}") from exc
+    return [{"outputs": {n: a[i] for n, a in outputs.items()}} for i in range(batch)]

@@ -1,0 +1,229 @@
+"""The Node: wires store, catalog, executor and HTTP server; owns their lifecycle through one AsyncExitStack."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from aiohttp import web
+
+from .. import __version__
+from ..errors import CarmlError, ConfigError
+from ..exec.base import Executor
+from ..exec.local import LocalExecutor, LocalExecutorConfig
+from ..store.artifacts import ArtifactStore
+from . import hardware
+from .catalog import Catalog, ServedModel, build_catalog
+from .config import NodeConfig
+from .inference import InferenceService
+
+log = logging.getLogger("carml.node")
+
+
+def _node_id(data_dir: Path) -> str:
+    """Stable across restarts: a node keeps its identity in its data dir."""
+    path = data_dir / "node-id"
+    try:
+        text = path.read_text().strip()
+        if text:
+            return text
+    except OSError:
+        pass
+    node_id = uuid.uuid4().hex[:16]
+    path.write_text(node_id + "\n")
+    return node_id
+
+
+class Node:
+    """``async with Node(config) as node:`` starts everything; leaving the block stops it within the timeout."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.id = ""
+        self.name = config.name
+        self.catalog = Catalog([], [])
+        self.executor: Executor | None = None
+        self.inference: InferenceService = None  # type: ignore[assignment]  # set in __aenter__
+        self.hardware: dict[str, Any] = {}
+        self.port = config.port
+        self.ready = False
+        self.started_monotonic = time.monotonic()
+        self.started_at = time.time()
+        self.load_errors: dict[str, str] = {}
+        self._stack = contextlib.AsyncExitStack()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def _start(self) -> None:
+        from ..web.app import make_app
+
+        config = self.config
+        try:
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create data dir {config.data_dir}: {exc.strerror}") from exc
+        self.id = _node_id(config.data_dir)
+        store = ArtifactStore(config.data_dir / "artifacts")
+        self.hardware = await asyncio.to_thread(hardware.probe)
+        # Unix socket paths are limited to 108 bytes, so the run dir lives in /tmp rather than the data dir.
+        run_dir = Path(tempfile.mkdtemp(prefix="carml-run-"))
+        self._stack.callback(shutil.rmtree, run_dir, True)
+        devices = list(config.devices) or (["cpu"] + [f"cuda:{g['index']}" for g in self.hardware["gpus"]])
+        if config.executor != "local":
+            raise ConfigError(f"executor {config.executor!r} is not available; use 'local'")
+        executor = LocalExecutor(
+            run_dir,
+            LocalExecutorConfig(threads=config.worker_threads, pool=config.worker_pool,
+                                max_pixels=config.max_image_pixels),
+            devices=devices,
+        )
+        self.executor = await self._stack.enter_async_context(executor)
+        self.catalog = await build_catalog(list(config.manifests_dirs), store, executor.frameworks())
+        for problem in self.catalog.problems:
+            log.warning("manifest problem: %s", problem)
+        self.inference = InferenceService(
+            self.catalog, executor, node={"id": self.id, "name": self.name},
+            max_batch=config.max_batch, timeout=config.request_timeout,
+        )
+        self._stack.push_async_callback(self._cancel_tasks)
+        runner = web.AppRunner(make_app(self), access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        self._stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+        await site.start()
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            self.port = server.sockets[0].getsockname()[1]
+        log.info("node %s (%s) serving %d model(s) on http://%s:%d/", self.name, self.id, len(self.catalog),
+                 config.host, self.port)
+        if config.preload:
+            self._spawn(self._preload())
+        else:
+            self.ready = True
+
+    async def _preload(self) -> None:
+        assert self.executor is not None
+        for model in self.catalog:
+            for framework in model.available_frameworks():
+                spec = self.inference.select(model, framework, None)
+                try:
+                    ms = await self.executor.load(spec)
+                    log.info("loaded %s in %.0f ms", spec.key, ms)
+                except CarmlError as exc:
+                    self.load_errors[spec.key] = str(exc)
+                    log.warning("could not load %s: %s", spec.key, exc)
+        self.ready = True
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _cancel_tasks(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Stop serving, stop workers; bounded by ``shutdown_timeout``. Safe to call twice."""
+        try:
+            async with asyncio.timeout(self.config.shutdown_timeout):
+                await self._stack.aclose()
+        except TimeoutError:
+            log.error("shutdown took longer than %.1f s; killing what is left", self.config.shutdown_timeout)
+            if isinstance(self.executor, LocalExecutor):
+                for pid in self.executor.worker_pids():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, 9)
+
+    # --- views for the API -------------------------------------------------------------------------------------
+
+    def url(self) -> str:
+        host = "127.0.0.1" if self.config.host in ("0.0.0.0", "::", "") else self.config.host
+        return f"http://{host}:{self.port}"
+
+    def info(self) -> dict[str, Any]:
+        assert self.executor is not None
+        return {
+            "id": self.id,
+            "name": self.name,
+            "version": __version__,
+            "url": self.url(),
+            "started_at": self.started_at,
+            "ready": self.ready,
+            "hardware": self.hardware,
+            "executor": self.executor.kind,
+            "frameworks": [{"name": n, "version": v} for n, v in sorted(self.executor.frameworks().items())],
+            "devices": self.executor.devices(),
+            "models": [self.describe_model(m, brief=True) for m in self.catalog],
+            "problems": [str(p) for p in self.catalog.problems],
+            "load_errors": self.load_errors,
+            "workers": self.executor.statistics().get("workers", []),
+        }
+
+    def describe_model(self, model: ServedModel, *, brief: bool = False) -> dict[str, Any]:
+        assert self.executor is not None
+        m = model.manifest
+        frameworks = []
+        for entry in m.frameworks:
+            d = model.deployments[entry.name]
+            loaded = []
+            if d.available:
+                for device in self.executor.devices():
+                    if device.split(":")[0] in m.devices and self.executor.is_loaded(model.model_spec(entry.name, device)):
+                        loaded.append(device)
+            frameworks.append({
+                "name": entry.name, "constraint": str(entry.version), "sha256": d.sha256,
+                "available": d.available, "problem": d.problem, "loaded": loaded,
+            })
+        described: dict[str, Any] = {"name": m.name, "version": m.version, "frameworks": frameworks}
+        if brief:
+            return described
+        inp = m.inputs[0]
+        described.update(
+            versions=self.catalog.versions(m.name),
+            description=m.description,
+            license=m.license,
+            references=list(m.references),
+            task=m.task,
+            attributes=dict(m.attributes),
+            devices=list(m.devices),
+            inputs=[{"name": i.name, "type": i.type, "element_type": i.element_type,
+                     "dimensions": list(i.dimensions)} for i in m.inputs],
+            input_type=inp.type,
+            output={"name": m.output.name, "type": m.output.type, "classes": len(model.labels)},
+        )
+        return described
+
+    def manifest_document(self, model: ServedModel) -> dict[str, Any]:
+        """The manifest as validated (not the raw file), for the model page."""
+        m = model.manifest
+        return {
+            "inputs": [i.to_wire() for i in m.inputs],
+            "output": {"name": m.output.name, "type": m.output.type, "probabilities": m.output.probabilities,
+                       "labels": len(model.labels)},
+            "frameworks": [{"name": f.name, "version": str(f.version),
+                            "artifact": {"sha256": model.deployments[f.name].sha256}} for f in m.frameworks],
+            "batching": {"max_batch_size": m.batching.max_batch_size,
+                         "max_queue_delay_ms": m.batching.max_queue_delay_ms},
+        }

@@ -1,0 +1,135 @@
+"""The carml REST API under /api: node, models, predict (JSON, msgpack or multipart), samples, OpenAPI."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from aiohttp import BodyPartReader, web
+
+from ..errors import BadRequest, PayloadTooLarge
+from ..node.inference import PredictRequest
+from . import bodies
+from .openapi import openapi_document
+
+if TYPE_CHECKING:
+    from ..node.node import Node
+
+MAX_FIELD_BYTES = 4096
+IMAGE_FIELDS = ("image", "images", "file", "files")
+
+
+def _node(request: web.Request) -> Node:
+    from .app import NODE
+
+    return request.app[NODE]
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/health", health)
+    app.router.add_get("/api/node", node_info)
+    app.router.add_get("/api/models", list_models)
+    app.router.add_get("/api/models/{name}", get_model)
+    app.router.add_post("/api/predict", predict)
+    app.router.add_get("/api/samples", samples)
+    app.router.add_get("/api/openapi.json", openapi)
+
+
+def _reply(request: web.Request, payload: object, *, as_msgpack: bool | None = None) -> web.Response:
+    if as_msgpack is None:
+        as_msgpack = bodies.wants_msgpack(request.headers.get("Accept", ""), request.content_type)
+    body = bodies.encode(payload, as_msgpack)
+    return web.Response(body=body, content_type=bodies.MSGPACK if as_msgpack else bodies.JSON)
+
+
+async def health(request: web.Request) -> web.Response:
+    node = _node(request)
+    return _reply(request, {
+        "status": "ok" if node.ready else "starting",
+        "ready": node.ready,
+        "node": node.id,
+        "uptime_s": round(time.monotonic() - node.started_monotonic, 3),
+    })
+
+
+async def node_info(request: web.Request) -> web.Response:
+    return _reply(request, _node(request).info())
+
+
+async def list_models(request: web.Request) -> web.Response:
+    node = _node(request)
+    return _reply(request, {"models": [node.describe_model(m) for m in node.catalog]})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    node = _node(request)
+    name = request.match_info["name"]
+    version = request.query.get("version")
+    model = node.catalog.get(name, version)
+    described = node.describe_model(model)
+    described["manifest"] = node.manifest_document(model)
+    return _reply(request, described)
+
+
+async def predict(request: web.Request) -> web.Response:
+    node = _node(request)
+    content_type = bodies.check_content_type(request.content_type)
+    if request.content_length is not None and request.content_length > node.config.max_body_bytes:
+        raise PayloadTooLarge(f"request body of {request.content_length} bytes exceeds the limit of "
+                              f"{node.config.max_body_bytes}")
+    if content_type == "multipart/form-data":
+        parsed = await _parse_multipart(request, node.config.max_body_bytes)
+    else:
+        body = await request.read()
+        parsed = bodies.parse_json_body(body) if content_type == bodies.JSON else bodies.parse_msgpack_body(body)
+    return _reply(request, await node.inference.predict(parsed))
+
+
+async def _parse_multipart(request: web.Request, limit: int) -> PredictRequest:
+    """Fields model, version, framework, device, top_k; every file part is one image of the batch."""
+    reader = await request.multipart()
+    fields: dict[str, str] = {}
+    images: list[bytes] = []
+    total = 0
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise BadRequest("nested multipart bodies are not accepted")
+        name = part.name or ""
+        if part.filename is not None or name in IMAGE_FIELDS:
+            data = bytearray()
+            while chunk := await part.read_chunk(1 << 16):
+                total += len(chunk)
+                if total > limit:
+                    raise PayloadTooLarge(f"upload exceeds the limit of {limit} bytes")
+                data.extend(chunk)
+            images.append(bytes(data))
+        elif name in ("model", "version", "framework", "device", "top_k"):
+            raw = await part.read_chunk(MAX_FIELD_BYTES + 1)
+            if len(raw) > MAX_FIELD_BYTES:
+                raise BadRequest(f"form field {name!r} is longer than {MAX_FIELD_BYTES} bytes")
+            fields[name] = raw.decode("utf-8", errors="replace").strip()
+        else:
+            raise BadRequest(f"unknown form field {name!r}; send model, version, framework, device, top_k and "
+                             "image files")
+    if not images:
+        raise BadRequest("the form holds no image file; add one or more files under 'image'")
+    doc: dict[str, object] = {k: v for k, v in fields.items() if v}
+    doc["inputs"] = [{"image": b} for b in images]
+    return bodies.parse_document(doc, binary=True)
+
+
+async def samples(request: web.Request) -> web.Response:
+    node = _node(request)
+    folder = node.config.samples_dir
+    items = []
+    if folder is not None and folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"):
+                items.append({"name": path.name, "url": f"/samples/{path.name}"})
+    return _reply(request, {"samples": items})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+

@@ -1,0 +1,63 @@
+"""The aiohttp application: routes, error translation, body limits, static files."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from ..errors import CarmlError
+from . import api, kserve
+
+if TYPE_CHECKING:
+    from ..node.node import Node
+
+log = logging.getLogger("carml.web")
+NODE: web.AppKey[Node] = web.AppKey("node")
+STATIC = Path(__file__).parent / "static"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return web.Response(status=status, body=json.dumps({"error": message}).encode(), content_type="application/json")
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes ``{"error": ...}`` with its status; never a stack trace to the client."""
+    try:
+        return await handler(request)
+    except CarmlError as exc:
+        if exc.status >= 500:
+            log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc)
+        return error_response(exc.status, str(exc))
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error_response(413, f"request body exceeds the limit of {exc.max_size} bytes")
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        return error_response(exc.status, exc.reason if exc.text is None else exc.text.removeprefix(f"{exc.status}: "))
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(500, "internal error; the node's log has the details")
+
+
+def make_app(node: Node) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware], client_max_size=node.config.max_body_bytes)
+    app[NODE] = node
+    api.add_routes(app)
+    kserve.add_routes(app)
+    app.router.add_get("/", _index)
+    app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)
+    if node.config.samples_dir is not None and node.config.samples_dir.is_dir():
+        app.router.add_static("/samples/", node.config.samples_dir, show_index=False, follow_symlinks=False)
+    return app
+
+
+async def _index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,234 @@
+"""Request bodies of /api/predict (JSON, msgpack, multipart) into PredictRequests; answers into JSON or msgpack."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from ..errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from ..exec.worker.protocol import DTYPES, ProtocolError, decode_tensor
+from ..node.inference import DEFAULT_TOP_K, PredictRequest
+
+JSON = "application/json"
+MSGPACK = "application/msgpack"
+MSGPACK_TYPES = (MSGPACK, "application/x-msgpack", "application/vnd.msgpack")
+MAX_JSON_ELEMENTS = 16_000_000  # numbers in one JSON tensor: bounded before any allocation
+_FIELDS = ("model", "version", "framework", "device", "top_k", "inputs")
+
+
+def wants_msgpack(accept: str, content_type: str) -> bool:
+    """Answer in msgpack when asked to, or when the request came in msgpack and Accept leaves it open."""
+    accept = accept.lower()
+    if any(t in accept for t in MSGPACK_TYPES):
+        return True
+    return content_type in MSGPACK_TYPES and accept in ("", "*/*")
+
+
+def encode(payload: Any, as_msgpack: bool) -> bytes:
+    if as_msgpack:
+        return msgpack.packb(payload, use_bin_type=True, default=_msgpack_default)
+    return json.dumps(payload, default=_json_default, allow_nan=False, separators=(",", ":")).encode()
+
+
+def _msgpack_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        a = np.ascontiguousarray(obj, dtype=obj.dtype.newbyteorder("<"))
+        return {"dtype": obj.dtype.name, "shape": list(obj.shape), "data": a.tobytes()}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        data = obj.astype(np.float64).tolist() if obj.dtype.kind == "f" else obj.tolist()
+        if obj.dtype.kind == "f" and not np.isfinite(obj).all():
+            data = _nan_to_none(data)
+        return {"dtype": obj.dtype.name, "shape": list(obj.shape), "data": data}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+def _nan_to_none(data: Any) -> Any:
+    if isinstance(data, list):
+        return [_nan_to_none(x) for x in data]
+    return None if isinstance(data, float) and not math.isfinite(data) else data
+
+
+def parse_json_body(body: bytes) -> PredictRequest:
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    return parse_document(doc, binary=False)
+
+
+def parse_msgpack_body(body: bytes) -> PredictRequest:
+    try:
+        doc = msgpack.unpackb(body, raw=False, strict_map_key=True, max_bin_len=len(body), max_str_len=len(body))
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise BadRequest(f"malformed msgpack: {exc}") from None
+    return parse_document(doc, binary=True)
+
+
+def parse_document(doc: Any, *, binary: bool) -> PredictRequest:
+    if not isinstance(doc, dict):
+        raise BadRequest(f"the body must be a map with {', '.join(_FIELDS)}; got {type(doc).__name__}")
+    unknown = sorted(str(k) for k in doc if k not in _FIELDS)
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0]!r}; fields are {', '.join(_FIELDS)}")
+    items = doc.get("inputs")
+    if not isinstance(items, list) or not items:
+        raise BadRequest("'inputs' must be a non-empty list of {image: ...} or {tensor: ...} items")
+    images: list[bytes] = []
+    tensors: dict[str, list[np.ndarray]] = {}
+    for n, item in enumerate(items):
+        if not isinstance(item, dict) or len(item) != 1 or next(iter(item)) not in ("image", "tensor", "tensors"):
+            raise BadRequest(f"inputs[{n}] must be one of {{image: ...}}, {{tensor: ...}} or {{tensors: {{name: ...}}}}")
+        kind, value = next(iter(item.items()))
+        if kind == "image":
+            images.append(_image(value, n, binary))
+        elif kind == "tensor":
+            tensors.setdefault("", []).append(_tensor(value, f"inputs[{n}].tensor"))
+        else:
+            if not isinstance(value, dict) or not value:
+                raise BadRequest(f"inputs[{n}].tensors must map input names to tensors")
+            for name, t in value.items():
+                tensors.setdefault(str(name), []).append(_tensor(t, f"inputs[{n}].tensors.{name}"))
+    if images and tensors:
+        raise BadRequest("one request holds either images or tensors, not both")
+    stacked = None
+    if tensors:
+        counts = {len(v) for v in tensors.values()}
+        if len(counts) != 1 or counts.pop() != len(items):
+            raise BadRequest("every input item must give the same tensors")
+        stacked = {}
+        for name, arrays in tensors.items():
+            shapes = {a.shape for a in arrays}
+            if len(shapes) != 1:
+                raise BadRequest(f"tensors of input {name or 'the model'} differ in shape: {sorted(shapes)}")
+            stacked[name] = np.stack(arrays)
+    return PredictRequest(
+        model=_str(doc, "model", required=True),
+        version=_str(doc, "version") or None,
+        framework=_str(doc, "framework") or None,
+        device=_str(doc, "device") or None,
+        top_k=_top_k(doc.get("top_k", DEFAULT_TOP_K)),
+        images=tuple(images),
+        tensors=stacked,
+    )
+
+
+def _str(doc: dict[str, Any], key: str, *, required: bool = False) -> str:
+    value = doc.get(key)
+    if value is None:
+        if required:
+            raise BadRequest(f"'{key}' is required")
+        return ""
+    if isinstance(value, int | float) and not isinstance(value, bool) and key == "version":
+        return str(value)
+    if not isinstance(value, str):
+        raise BadRequest(f"'{key}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def _top_k(value: Any) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadRequest(f"'top_k' must be an integer, got {value!r}")
+    return value
+
+
+def _image(value: Any, n: int, binary: bool) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        if value.startswith("data:"):
+            value = value.partition(",")[2]
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest(f"inputs[{n}].image is not valid base64") from None
+    kind = "raw bytes or a base64 string" if binary else "a base64 string"
+    raise BadRequest(f"inputs[{n}].image must be {kind}")
+
+
+def _tensor(value: Any, where: str) -> np.ndarray:
+    """A tensor item: ``{dtype, shape, data: bytes}`` (msgpack), ``{dtype?, shape?, data: [..]}`` or a bare list."""
+    if isinstance(value, list):
+        value = {"data": value}
+    if not isinstance(value, dict):
+        raise BadRequest(f"{where} must be a list of numbers or a map with dtype, shape and data")
+    data = value.get("data")
+    if isinstance(data, bytes):
+        try:
+            return decode_tensor(value)
+        except ProtocolError as exc:
+            raise BadRequest(f"{where}: {exc}") from None
+    dtype_name = value.get("dtype", "float32")
+    dtype = DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None
+    if dtype is None:
+        raise BadRequest(f"{where}: unsupported dtype {dtype_name!r}; use one of {', '.join(DTYPES)}")
+    if not isinstance(data, list):
+        raise BadRequest(f"{where}.data must be a list of numbers (or raw bytes in msgpack)")
+    flat = _flatten(data, where)
+    shape = value.get("shape")
+    try:
+        array = np.asarray(flat, dtype=dtype)
+    except (ValueError, TypeError, OverflowError):
+        raise BadRequest(f"{where}.data holds values that are not {dtype.name}") from None
+    if shape is None:
+        nested = _nested_shape(data)
+        if math.prod(nested) != array.size:
+            raise BadRequest(f"{where}.data is ragged: nested lists must all have the same length")
+        return array.reshape(nested)
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise BadRequest(f"{where}.shape must be a list of non-negative integers, got {shape!r}")
+    if math.prod(shape) != array.size:
+        raise BadRequest(f"{where}: shape {shape} needs {math.prod(shape)} values, data has {array.size}")
+    return array.reshape(shape)
+
+
+def _flatten(data: list[Any], where: str) -> list[Any]:
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for x in stack[-1]:
+            if isinstance(x, list):
+                stack.append(iter(x))
+                break
+            if not isinstance(x, int | float) or x is None:
+                raise BadRequest(f"{where}.data must hold only numbers, found {type(x).__name__}")
+            out.append(x)
+            if len(out) > MAX_JSON_ELEMENTS:
+                raise PayloadTooLarge(f"{where} holds more than {MAX_JSON_ELEMENTS} numbers")
+        else:
+            stack.pop()
+    return out
+
+
+def _nested_shape(data: list[Any]) -> tuple[int, ...]:
+    shape = []
+    level: Any = data
+    while isinstance(level, list):
+        shape.append(len(level))
+        level = level[0] if level else None
+    total = math.prod(shape)
+    return tuple(shape) if total else (0,)
+
+
+def check_content_type(content_type: str) -> str:
+    if content_type in (JSON, *MSGPACK_TYPES, "multipart/form-data"):
+        return content_type
+    raise UnsupportedMediaType(
+        f"Content-Type {content_type or '(none)'} is not accepted; send application/json, application/msgpack "
+        "or multipart/form-data"
+    )

@@ -1,0 +1,135 @@
+"""The Open Inference Protocol (KServe v2) REST API, binary tensor extension included, so tritonclient works."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from aiohttp import web
+
+from .. import __version__
+from ..errors import BadRequest, PayloadTooLarge
+from ..manifest.schema import Manifest
+from . import kserve_codec as codec
+
+if TYPE_CHECKING:
+    from ..node.node import Node
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+PLATFORMS = {"onnxruntime": "onnx_onnxv1", "pytorch": "pytorch_torchscript"}
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration"]
+
+
+def _node(request: web.Request) -> Node:
+    from .app import NODE
+
+    return request.app[NODE]
+
+
+def _json(payload: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=json.dumps(payload).encode(), content_type="application/json")
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/v2", server_metadata)
+    r.add_get("/v2/health/live", live)
+    r.add_get("/v2/health/ready", ready)
+    for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        r.add_get(base, model_metadata)
+        r.add_get(base + "/ready", model_ready)
+        r.add_post(base + "/infer", infer)
+
+
+async def server_metadata(request: web.Request) -> web.Response:
+    return _json({"name": "carml-mesh", "version": __version__, "extensions": EXTENSIONS})
+
+
+async def live(request: web.Request) -> web.Response:
+    return _json({"live": True})
+
+
+async def ready(request: web.Request) -> web.Response:
+    is_ready = _node(request).ready
+    return _json({"ready": is_ready}, 200 if is_ready else 503)
+
+
+def _datatype(element_type: str) -> str:
+    return codec.datatype_of(np.dtype(element_type)) or "BYTES"
+
+
+def _metadata(manifest: Manifest, versions: list[str], platform: str) -> dict[str, Any]:
+    out = manifest.output
+    # Classification outputs are logits over the labels; their per-item shape is the label count when known.
+    out_dims = list(out.dimensions)
+    return {
+        "name": manifest.name,
+        "versions": versions,
+        "platform": platform,
+        "inputs": [{"name": i.name, "datatype": _datatype(i.element_type), "shape": [-1, *i.dimensions]}
+                   for i in manifest.inputs],
+        "outputs": [{"name": out.name, "datatype": _datatype(out.element_type), "shape": [-1, *out_dims]}],
+    }
+
+
+async def model_metadata(request: web.Request) -> web.Response:
+    node = _node(request)
+    model = node.catalog.get(request.match_info["name"], request.match_info.get("version"))
+    available = model.available_frameworks() or [f.name for f in model.manifest.frameworks]
+    return _json(_metadata(model.manifest, node.catalog.versions(model.name), PLATFORMS[available[0]]))
+
+
+async def model_ready(request: web.Request) -> web.Response:
+    node = _node(request)
+    model = node.catalog.get(request.match_info["name"], request.match_info.get("version"))
+    assert node.executor is not None
+    is_ready = False
+    for framework in model.available_frameworks():
+        spec = node.inference.select(model, framework, None)
+        is_ready = is_ready or node.executor.is_loaded(spec)
+    return _json({"name": model.name, "ready": is_ready}, 200 if is_ready else 503)
+
+
+async def infer(request: web.Request) -> web.Response:
+    node = _node(request)
+    name, version = request.match_info["name"], request.match_info.get("version")
+    node.catalog.get(name, version)  # 404 before reading a body for a model that is not here
+    body = await request.read()
+    raw_length = request.headers.get(HEADER_LENGTH)
+    header_length = None
+    if raw_length is not None:
+        if not raw_length.strip().isdigit():
+            raise BadRequest(f"{HEADER_LENGTH} must be a non-negative integer, got {raw_length!r}")
+        header_length = int(raw_length)
+    max_elements = node.config.max_body_bytes  # no tensor may hold more elements than the body has bytes
+    parsed = codec.parse_infer_request(body, header_length, max_elements=max_elements)
+    del body
+    params = parsed.parameters
+    tensors: dict[str, np.ndarray] = {}
+    for item in parsed.inputs:
+        if item.datatype == "BYTES":
+            raise BadRequest(f"input {item.name!r}: BYTES tensors are not accepted by this model")
+        tensors[item.name] = item.array
+    if not tensors:
+        raise BadRequest("'inputs' must hold at least one tensor")
+    framework = params.get("framework") if isinstance(params.get("framework"), str) else None
+    device = params.get("device") if isinstance(params.get("device"), str) else None
+    model, spec, outputs = await node.inference.infer_tensors(name, version, tensors, None, framework=framework,
+                                                             device=device)
+    try:
+        body, json_length = codec.encode_infer_response(
+            model_name=model.name,
+            model_version=model.version,
+            request_id=parsed.id,
+            outputs=list(outputs.items()),
+            requested=parsed.outputs,
+            binary_default=parsed.binary_data_output,
+            parameters={"framework": spec.framework, "device": spec.device, "node": node.id},
+            labels=list(model.labels) or None,
+        )
+    except MemoryError:
+        raise PayloadTooLarge("the response would be too large") from None
+    headers = {HEADER_LENGTH: str(json_length)} if json_length is not None else {}
+    content_type = "application/octet-stream" if json_length is not None else "application/json"
+    return web.Response(body=body, headers=headers, content_type=content_type)
