@@ -138,9 +138,8 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             missing.append(dist)
     if missing:
-        raise BuildError(
-            f"missing packages: {', '.join(missing)} (install the project with: pip install -e '.[models,onnx,torch]')"
-        )
+        hint = "install them with: pip install -e '.[models,onnx,torch]'"
+        raise BuildError(f"missing packages: {', '.join(missing)} ({hint})")
     return versions
 
 

@@ -33,6 +33,9 @@ def parse_manifest_text(text: str, *, file: str = "") -> Manifest:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         reason = getattr(exc, "problem", None) or str(exc)
         raise ManifestError(f"invalid YAML{where}: {reason}", file=file) from None
+    except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+        # PyYAML's constructors raise these on e.g. `2001-02-30`, `!!int abc`, `!!timestamp x`, or deep nesting
+        raise ManifestError(f"invalid YAML: {type(exc).__name__}: {exc}", file=file) from None
     return parse_manifest(data, file=file)
 
 

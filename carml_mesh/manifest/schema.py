@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -159,7 +160,7 @@ class _Fields:
 
     def number(self, key: str, *, default: float, minimum: float = 0.0) -> float:
         value = self.data.get(key, default)
-        if not isinstance(value, int | float) or isinstance(value, bool) or value < minimum:
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value < minimum:
             raise self.error(key, f"must be a number >= {minimum}, got {value!r}")
         return float(value)
 
@@ -185,7 +186,9 @@ class _Fields:
             return ()
         if isinstance(value, int | float) and not isinstance(value, bool):
             value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+        if not isinstance(value, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value
+        ):
             raise self.error(key, f"must be a number or a list of numbers, got {value!r}")
         if len(value) not in (1, count):
             raise self.error(key, f"must have 1 or {count} values (one per channel), got {len(value)}")

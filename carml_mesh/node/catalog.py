@@ -164,7 +164,7 @@ def _deploy(entry: Any, base: Path, store: ArtifactStore, frameworks: dict[str, 
         sha256 = store.import_file(source, sha256)
     except ArtifactError as exc:
         if not source.exists():
-            hint = " (run scripts/prepare-models to build the demo artifacts)" if "build/models" in str(source) else ""
+            hint = " (run scripts/setup to build the demo artifacts)" if "build/models" in str(source) else ""
             return Deployment(entry.name, sha256, None, f"artifact {source} does not exist{hint}")
         return Deployment(entry.name, sha256, None, str(exc))
     return Deployment(entry.name, sha256, str(store.path(sha256)), problem)

@@ -90,7 +90,13 @@ class InferenceService:
             message["images"] = list(request.images)
         else:
             assert request.tensors is not None
-            tensors = check_tensors(model, request.tensors)
+            tensors = dict(request.tensors)
+            if "" in tensors:  # an unnamed {tensor: ...} item feeds the model's only input
+                if len(model.manifest.inputs) != 1:
+                    names = [i.name for i in model.manifest.inputs]
+                    raise BadRequest(f"model {model.name} has inputs {names}: name them with {{tensors: {{name: ...}}}}")
+                tensors[model.manifest.inputs[0].name] = tensors.pop("")
+            tensors = check_tensors(model, tensors)
             message["tensors"] = {name: encode_tensor(t) for name, t in tensors.items()}
         reply = await self.executor.infer(spec, message, timeout=self.timeout)
         total = (time.perf_counter() - started) * 1e3

@@ -56,6 +56,7 @@ class Node:
         self.hardware: dict[str, Any] = {}
         self.port = config.port
         self.ready = False
+        self.ready_event = asyncio.Event()  # set once preloading is over (loaded or failed)
         self.started_monotonic = time.monotonic()
         self.started_at = time.time()
         self.load_errors: dict[str, str] = {}
@@ -119,7 +120,7 @@ class Node:
         if config.preload:
             self._spawn(self._preload())
         else:
-            self.ready = True
+            self._set_ready()
 
     async def _preload(self) -> None:
         assert self.executor is not None
@@ -132,7 +133,14 @@ class Node:
                 except CarmlError as exc:
                     self.load_errors[spec.key] = str(exc)
                     log.warning("could not load %s: %s", spec.key, exc)
+        self._set_ready()
+
+    def _set_ready(self) -> None:
         self.ready = True
+        self.ready_event.set()
+
+    async def wait_ready(self) -> None:
+        await self.ready_event.wait()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

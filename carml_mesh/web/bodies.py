@@ -65,7 +65,7 @@ def _nan_to_none(data: Any) -> Any:
 def parse_json_body(body: bytes) -> PredictRequest:
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise BadRequest(f"malformed JSON: {exc}") from None
     return parse_document(doc, binary=False)
 
@@ -140,7 +140,7 @@ def _str(doc: dict[str, Any], key: str, *, required: bool = False) -> str:
 
 
 def _top_k(value: Any) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isdecimal():  # isdigit() admits '²', which int() refuses
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool):
         raise BadRequest(f"'top_k' must be an integer, got {value!r}")
@@ -182,19 +182,40 @@ def _tensor(value: Any, where: str) -> np.ndarray:
     flat = _flatten(data, where)
     shape = value.get("shape")
     try:
-        array = np.asarray(flat, dtype=dtype)
-    except (ValueError, TypeError, OverflowError):
+        with np.errstate(over="raise"):  # 1e300 as float32 would otherwise become inf with only a warning
+            array = np.asarray(flat, dtype=dtype)
+    except (ValueError, TypeError, OverflowError, FloatingPointError):
         raise BadRequest(f"{where}.data holds values that are not {dtype.name}") from None
     if shape is None:
         nested = _nested_shape(data)
-        if math.prod(nested) != array.size:
+        if math.prod(nested) != array.size or (array.size and not _is_rectangular(data, nested)):
             raise BadRequest(f"{where}.data is ragged: nested lists must all have the same length")
-        return array.reshape(nested)
+        return _reshape(array, nested, where)
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise BadRequest(f"{where}.shape must be a list of non-negative integers, got {shape!r}")
     if math.prod(shape) != array.size:
         raise BadRequest(f"{where}: shape {shape} needs {math.prod(shape)} values, data has {array.size}")
-    return array.reshape(shape)
+    return _reshape(array, shape, where)
+
+
+def _reshape(array: np.ndarray, shape: Any, where: str) -> np.ndarray:
+    try:
+        return array.reshape(shape)
+    except ValueError as exc:  # more than 64 dimensions, or a dimension numpy cannot index (with another one 0)
+        raise BadRequest(f"{where}: shape {list(shape)} is not possible: {exc}") from None
+
+
+def _is_rectangular(data: list[Any], shape: tuple[int, ...]) -> bool:
+    """Whether every list at depth d has shape[d] items and numbers appear only at the innermost depth."""
+    level: list[Any] = [data]
+    for n in shape:
+        nxt: list[Any] = []
+        for x in level:
+            if not isinstance(x, list) or len(x) != n:
+                return False
+            nxt.extend(x)
+        level = nxt
+    return not any(isinstance(x, list) for x in level)
 
 
 def _flatten(data: list[Any], where: str) -> list[Any]:

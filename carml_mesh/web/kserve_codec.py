@@ -23,9 +23,14 @@ Choices where the spec leaves room:
 * NaN and +/-inf in JSON outputs are written as the strings "NaN", "Infinity" and "-Infinity", so the body stays
   strict JSON and nothing is lost: tritonclient's `as_numpy` (`np.array(data, dtype=float32)`) turns them back into
   nan/inf, and this parser accepts them in requests. Binary outputs carry them bit for bit.
+* Shapes have at most 32 dimensions (numpy 1.x's limit), each at most 2**63-1 (numpy's intp; the spec says uint64).
+* `parameters` values must be strings, numbers or booleans, as the spec says. Unknown top-level and tensor keys
+  are ignored; unknown parameters are passed through in `InferRequest.parameters`.
 * Binary BOOL bytes other than 0 read as True.
 * An empty `outputs` list means all outputs, as if it were absent.
 * Shared memory parameters are refused (400).
+* With a compressed response (`Accept-Encoding`), `Inference-Header-Content-Length` is still the length of the JSON
+  in the uncompressed body: tritonclient decompresses first, then splits.
 * Classification (`parameters.classification: N` on a requested output): the output becomes a BYTES tensor of the
   top N "score:index" strings (score:index:label with labels) per row, Triton's format (`%f` for float scores).
   An output of 1 dimension is one row (result shape [N]); with 2 or more, the first dimension is the batch and the

@@ -496,6 +496,15 @@ def test_response_big_endian_and_noncontiguous() -> None:
     assert got.dtype == np.dtype("<i4") and got.tolist() == want.tolist()
 
 
+def test_response_scalar_output_keeps_empty_shape() -> None:
+    for binary in (True, False):
+        body, hl = encode([("s", np.float64(2.5)), ("b", np.array(True))], binary_default=binary)
+        assert [o["shape"] for o in header_of(body, hl)["outputs"]] == [[], []]
+        result = triton_result(body, hl)
+        assert_same(result.as_numpy("s"), np.array(2.5))
+        assert_same(result.as_numpy("b"), np.array(True))
+
+
 def test_response_str_arrays_are_bytes() -> None:
     body, hl = encode([("u", np.array(["h\u00e9", "b"])), ("s", np.array([b"x", b"yz"]))], binary_default=True)
     result = triton_result(body, hl)
@@ -588,55 +597,81 @@ json_values = st.recursive(
 
 
 def mostly(good: st.SearchStrategy[Any], garbage: st.SearchStrategy[Any] = json_values) -> st.SearchStrategy[Any]:
-    """`good` about four times in five, else `garbage`, so the fuzz reaches the deeper checks."""
-    return st.one_of(good, good, good, good, garbage)
+    """`good` most of the time, else `garbage`, so the fuzz reaches the deeper checks."""
+    return st.integers(0, 9).flatmap(lambda i: garbage if i == 5 else good)
 
 
-elements = st.booleans() | st.integers(-300, 300) | st.floats(width=32) | st.text(max_size=3)
-tensor_data = st.lists(elements, max_size=8) | st.lists(st.lists(elements, max_size=3), max_size=3)
-shapes = mostly(st.lists(st.integers(0, 3), max_size=3), st.lists(st.integers(-2, 4) | json_scalars, max_size=4))
-input_params = st.dictionaries(
-    st.sampled_from(["binary_data_size", "shared_memory_region", "other"]), mostly(st.integers(0, 40)), max_size=2
-)
-output_params = st.dictionaries(
-    st.sampled_from(["binary_data", "classification", "shared_memory_region"]),
-    mostly(st.booleans() | st.integers(0, 3)),
-    max_size=2,
-)
-input_entries = mostly(
-    st.fixed_dictionaries(
-        {
-            "name": mostly(st.sampled_from(["a", "b", "c"])),
-            "datatype": mostly(st.sampled_from([*ALL, "FP8", "BF16"])),
-            "shape": shapes,
-        },
-        optional={"data": mostly(tensor_data), "parameters": mostly(input_params)},
-    )
-)
-documents = st.fixed_dictionaries(
-    {"inputs": mostly(st.lists(input_entries, max_size=3))},
-    optional={
-        "id": mostly(st.text(max_size=3)),
-        "parameters": mostly(st.dictionaries(st.sampled_from(["binary_data_output", "x"]), mostly(st.booleans()))),
-        "outputs": mostly(
-            st.lists(
-                mostly(
-                    st.fixed_dictionaries({"name": st.sampled_from(["y", "z"])}, optional={"parameters": output_params})
-                ),
-                max_size=3,
-            )
-        ),
+ELEMENTS: dict[str, st.SearchStrategy[Any]] = {
+    "BOOL": st.booleans(),
+    "BYTES": st.text(max_size=3),
+    **{t: st.integers(-(2**64), 2**64) for t in NUMERIC if t[0] in "IU"},
+    **{
+        t: st.floats() | st.integers(-(2**70), 2**70) | st.sampled_from(["NaN", "-Infinity"])
+        for t in NUMERIC
+        if t[0] == "F"
     },
-)
+}
+
+
+@st.composite
+def near_valid_inputs(draw: st.DrawFn, name: str) -> tuple[Any, bytes]:
+    """An input entry (and its binary bytes) that is usually consistent and sometimes slightly wrong."""
+    datatype = draw(mostly(st.sampled_from(ALL), st.sampled_from(["FP8", "BF16", "", 3])))
+    shape = draw(mostly(st.lists(st.integers(0, 3), max_size=3), st.lists(st.integers(-2, 10**12) | json_scalars)))
+    count = int(np.prod(shape)) if all(type(d) is int and 0 <= d <= 3 for d in shape) else 2
+    count += draw(mostly(st.just(0), st.integers(-2, 2)))
+    entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
+    if draw(st.booleans()):
+        elements = ELEMENTS.get(datatype, json_scalars) if isinstance(datatype, str) else json_scalars
+        values = draw(st.lists(mostly(elements, json_scalars), min_size=max(count, 0), max_size=max(count, 0)))
+        entry["data"] = values if draw(st.booleans()) or not values else [values[:1], values[1:]]
+        return draw(mostly(st.just(entry), json_values)), b""
+    itemsize = DATATYPES[datatype].itemsize if datatype in DATATYPES and datatype != "BYTES" else 0
+    if itemsize:
+        raw = draw(st.binary(min_size=max(count, 0) * itemsize, max_size=max(count, 0) * itemsize))
+    else:
+        items = draw(st.lists(st.binary(max_size=5), min_size=max(count, 0), max_size=max(count, 0)))
+        raw = b"".join(struct.pack("<I", len(b)) + b for b in items)
+    size = len(raw) + draw(mostly(st.just(0), st.integers(-5, 5)))
+    entry["parameters"] = {"binary_data_size": size}
+    return entry, raw
+
+
+@st.composite
+def near_valid_requests(draw: st.DrawFn) -> tuple[bytes, int | None]:
+    """A request body built from near-valid inputs and outputs, with occasional garbage."""
+    some_names = st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3, unique=True)
+    names = draw(mostly(some_names, st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3)))
+    parts = [draw(near_valid_inputs(name)) for name in names]
+    doc: dict[str, Any] = {"inputs": [p[0] for p in parts]}
+    if draw(st.booleans()):
+        doc["id"] = draw(mostly(st.text(max_size=3), json_scalars))
+    if draw(st.booleans()):
+        doc["parameters"] = draw(mostly(st.fixed_dictionaries({"binary_data_output": mostly(st.booleans())})))
+    if draw(st.booleans()):
+        output_params = st.fixed_dictionaries(
+            {}, optional={"binary_data": mostly(st.booleans()), "classification": mostly(st.integers(0, 3))}
+        )
+        doc["outputs"] = draw(
+            mostly(
+                st.lists(
+                    st.fixed_dictionaries({"name": st.sampled_from(["y", "z"]), "parameters": output_params}),
+                    unique_by=lambda o: o["name"],
+                )
+            )
+        )
+    header = json.dumps(doc).encode()
+    binary = b"".join(p[1] for p in parts) + draw(mostly(st.just(b""), st.binary(max_size=4)))
+    if not binary and draw(st.booleans()):
+        return header, None
+    return header + binary, len(header) + draw(mostly(st.just(0), st.integers(-3, 3)))
 
 
 @FAST
-@given(doc=documents, binary=st.binary(max_size=64), use_header=st.booleans())
-def test_fuzz_json_documents(doc: dict[str, Any], binary: bytes, use_header: bool) -> None:
-    header = json.dumps(doc).encode()
-    body, hl = (header + binary, len(header)) if use_header else (header, None)
+@given(request_body=near_valid_requests())
+def test_fuzz_json_documents(request_body: tuple[bytes, int | None]) -> None:
     try:
-        req = parse_infer_request(body, hl, max_elements=1000)
+        req = parse_infer_request(*request_body, max_elements=1000)
     except (BadRequest, PayloadTooLarge):
         return
     for inp in req.inputs:

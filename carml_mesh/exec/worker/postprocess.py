@@ -12,7 +12,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    return np.exp(-np.logaddexp(0.0, -logits.astype(np.float64)))  # 1 / (1 + e^-x), without overflow in exp
 
 
 TRANSFORMS = {"softmax": softmax, "sigmoid": sigmoid, "none": lambda x: x.astype(np.float64)}
@@ -22,6 +22,5 @@ def top_k(scores: np.ndarray, k: int) -> list[tuple[int, float]]:
     """The k highest (index, score) pairs of one row, best first; ties broken by the lower index."""
     flat = scores.reshape(-1)
     k = max(1, min(k, flat.size))
-    part = np.argpartition(-flat, k - 1)[:k]
-    order = sorted(part.tolist(), key=lambda i: (-flat[i], i))
+    order = np.argsort(-flat, kind="stable")[:k]  # argpartition would pick arbitrary members of a tie
     return [(int(i), float(flat[i])) for i in order]

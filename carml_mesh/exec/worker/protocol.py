@@ -64,11 +64,13 @@ def decode_tensor(obj: Any) -> np.ndarray:
     """The array a wire tensor describes; a read-only view of its bytes, no copy."""
     if not isinstance(obj, dict):
         raise ProtocolError("tensor must be a map with dtype, shape and data")
-    dtype = DTYPES.get(obj.get("dtype"))  # type: ignore[arg-type]
+    dtype = DTYPES.get(obj["dtype"]) if isinstance(obj.get("dtype"), str) else None
     if dtype is None:
         raise ProtocolError(f"unsupported tensor dtype {obj.get('dtype')!r}; use one of {', '.join(DTYPES)}")
     shape = obj.get("shape")
-    if not isinstance(shape, list | tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list | tuple) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
         raise ProtocolError(f"tensor shape must be a list of non-negative integers, got {shape!r}")
     data = obj.get("data")
     if not isinstance(data, bytes | bytearray | memoryview):
@@ -81,4 +83,7 @@ def decode_tensor(obj: Any) -> np.ndarray:
             f"tensor of shape {list(shape)} and dtype {obj['dtype']} needs {count * dtype.itemsize} bytes, "
             f"got {len(data)}"
         )
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
+    try:
+        return np.frombuffer(data, dtype=dtype).reshape(shape)
+    except ValueError as exc:  # more than 64 dimensions, or a dimension numpy cannot index (with another one 0)
+        raise ProtocolError(f"tensor shape {list(shape)} is not possible: {exc}") from None
