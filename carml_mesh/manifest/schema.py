@@ -160,7 +160,7 @@ class _Fields:
 
     def number(self, key: str, *, default: float, minimum: float = 0.0) -> float:
         value = self.data.get(key, default)
-        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value < minimum:
+        if not isinstance(value, int | float) or isinstance(value, bool) or not _finite(value) or value < minimum:
             raise self.error(key, f"must be a number >= {minimum}, got {value!r}")
         return float(value)
 
@@ -187,7 +187,7 @@ class _Fields:
         if isinstance(value, int | float) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, list) or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value
+            isinstance(v, int | float) and not isinstance(v, bool) and _finite(v) for v in value
         ):
             raise self.error(key, f"must be a number or a list of numbers, got {value!r}")
         if len(value) not in (1, count):
@@ -344,6 +344,14 @@ def _parse_framework(data: Any, where: str, file: str) -> FrameworkEntry:
     if url is not None and url.startswith("http") and sha256 is None:
         raise a.error("sha256", "is required for a downloaded artifact")
     return FrameworkEntry(name=name, version=version, artifact=ArtifactRef(path=path, url=url, sha256=sha256))
+
+
+def _finite(value: float) -> bool:
+    """Neither NaN nor infinite, and (for an int) convertible to float."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _kind(value: Any) -> str:

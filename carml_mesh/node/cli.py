@@ -97,7 +97,14 @@ async def serve(config: NodeConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with Node(config) as node:
         print(f"carml-node {node.name} ({node.id}) on {node.url()}/ - Ctrl-C to stop", flush=True)
-        await stop.wait()
+        ready = asyncio.ensure_future(node.wait_ready())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({ready, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if ready.done():
+            loaded = sum(len(f["loaded"]) for m in node.info()["models"] for f in m["frameworks"])
+            print(f"ready: {len(node.catalog)} model(s), {loaded} loaded", flush=True)
+        await stopping
+        ready.cancel()
         log.info("stopping")
 
 
