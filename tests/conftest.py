@@ -42,8 +42,14 @@ def digits_heldout(models_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 @pytest_asyncio.fixture(scope="session")
 async def node(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Node]:
     config = NodeConfig(
-        host="127.0.0.1", port=0, data_dir=tmp_path_factory.mktemp("node-data"), manifests_dirs=(MANIFESTS,),
-        samples_dir=models_dir / "samples", name="test-node", max_body_bytes=8 << 20, max_image_pixels=30_000_000,
+        host="127.0.0.1",
+        port=0,
+        data_dir=tmp_path_factory.mktemp("node-data"),
+        manifests_dirs=(MANIFESTS,),
+        samples_dir=models_dir / "samples",
+        name="test-node",
+        max_body_bytes=8 << 20,
+        max_image_pixels=30_000_000,
     )
     async with Node(config) as running:
         await running.wait_ready()

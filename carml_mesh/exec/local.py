@@ -53,8 +53,9 @@ class _Slot:
 class LocalExecutor(Executor):
     kind = "local"
 
-    def __init__(self, run_dir: Path, config: LocalExecutorConfig = LocalExecutorConfig(),
-                 devices: list[str] | None = None) -> None:
+    def __init__(
+        self, run_dir: Path, config: LocalExecutorConfig = LocalExecutorConfig(), devices: list[str] | None = None
+    ) -> None:
         self.run_dir = run_dir
         self.config = config
         self._frameworks = installed_frameworks()
@@ -134,8 +135,13 @@ class LocalExecutor(Executor):
                 slot.restarts += 1
             safe = f"{framework}-{device}".replace(":", "")
             worker = WorkerProcess(
-                framework, device, self.run_dir / f"{safe}.sock", threads=self.config.threads,
-                pool=self.config.pool, max_pixels=self.config.max_pixels, start_timeout=self.config.start_timeout,
+                framework,
+                device,
+                self.run_dir / f"{safe}.sock",
+                threads=self.config.threads,
+                pool=self.config.pool,
+                max_pixels=self.config.max_pixels,
+                start_timeout=self.config.start_timeout,
             )
             await worker.start()
             slot.worker = worker
@@ -154,8 +160,13 @@ class LocalExecutor(Executor):
                 for spec in list(slot.models.values()):
                     if spec.key not in new.loaded:
                         await self._load_into(new, spec)
-                log.info("%s/%s worker restarted (pid %s), %d model(s) reloaded",
-                         framework, device, new.pid, len(slot.models))
+                log.info(
+                    "%s/%s worker restarted (pid %s), %d model(s) reloaded",
+                    framework,
+                    device,
+                    new.pid,
+                    len(slot.models),
+                )
                 return
             except Exception as exc:
                 if delay is None:
@@ -173,20 +184,20 @@ class LocalExecutor(Executor):
         workers = []
         for (framework, device), slot in self._slots.items():
             w = slot.worker
-            workers.append({
-                "framework": framework,
-                "device": device,
-                "pid": w.pid if w else None,
-                "alive": bool(w and w.alive),
-                "in_flight": w.in_flight if w else 0,
-                "restarts": slot.restarts,
-                "requests": slot.requests,
-                "failures": slot.failures,
-                "models": sorted(slot.models),
-            })
+            workers.append(
+                {
+                    "framework": framework,
+                    "device": device,
+                    "pid": w.pid if w else None,
+                    "alive": bool(w and w.alive),
+                    "in_flight": w.in_flight if w else 0,
+                    "restarts": slot.restarts,
+                    "requests": slot.requests,
+                    "failures": slot.failures,
+                    "models": sorted(slot.models),
+                }
+            )
         return {"kind": self.kind, "workers": workers}
 
     def worker_pids(self) -> list[int]:
         return [s.worker.pid for s in self._slots.values() if s.worker and s.worker.pid and s.worker.alive]
-
-

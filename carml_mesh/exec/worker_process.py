@@ -79,8 +79,16 @@ class WorkerProcess:
         self._server = await asyncio.start_unix_server(on_connect, path=str(self.socket_path))
         os.chmod(self.socket_path, 0o600)
         self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "carml_mesh.exec.worker", "--connect", str(self.socket_path),
-            "--framework", self.framework, "--device", self.device, *self._args,
+            sys.executable,
+            "-m",
+            "carml_mesh.exec.worker",
+            "--connect",
+            str(self.socket_path),
+            "--framework",
+            self.framework,
+            "--device",
+            self.device,
+            *self._args,
             stdin=asyncio.subprocess.DEVNULL,
         )
         exited = asyncio.ensure_future(self._proc.wait())
@@ -98,7 +106,9 @@ class WorkerProcess:
                 self.hello = protocol.unpack(await reader.readexactly(protocol.frame_length(header)))
         except TimeoutError:
             await self.aclose()
-            raise WorkerUnavailable(f"{self.framework} worker did not start within {self._start_timeout:.0f} s") from None
+            raise WorkerUnavailable(
+                f"{self.framework} worker did not start within {self._start_timeout:.0f} s"
+            ) from None
         except BaseException:
             exited.cancel()
             await self.aclose()

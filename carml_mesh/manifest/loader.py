@@ -70,7 +70,9 @@ def load_manifest_dirs(dirs: list[Path]) -> tuple[list[Manifest], list[Problem]]
                 continue
             key = (manifest.name, manifest.version)
             if key in seen:
-                problems.append(Problem(str(path), "name", f"{manifest.name} {manifest.version} is also in {seen[key]}"))
+                problems.append(
+                    Problem(str(path), "name", f"{manifest.name} {manifest.version} is also in {seen[key]}")
+                )
                 continue
             seen[key] = str(path)
             manifests.append(manifest)

@@ -133,8 +133,15 @@ class _Fields:
             return None
         return _Fields(value, ".".join(p for p in (self.where, key) if p), self.file, allowed)
 
-    def str(self, key: str, *, required: bool = False, default: str = "", pattern: re.Pattern[str] | None = None,
-            choices: tuple[str, ...] = ()) -> str:
+    def str(
+        self,
+        key: str,
+        *,
+        required: bool = False,
+        default: str = "",
+        pattern: re.Pattern[str] | None = None,
+        choices: tuple[str, ...] = (),
+    ) -> str:
         value = self.data.get(key)
         if value is None:
             if required:
@@ -197,10 +204,25 @@ class _Fields:
 
 def parse_manifest(data: Any, *, file: str = "") -> Manifest:
     """Validate one manifest document; raises ManifestError naming the file, the field and the reason."""
-    top = _Fields(data, "", file, (
-        "name", "version", "description", "license", "references", "task", "attributes", "inputs", "output",
-        "frameworks", "devices", "batching",
-    ))
+    top = _Fields(
+        data,
+        "",
+        file,
+        (
+            "name",
+            "version",
+            "description",
+            "license",
+            "references",
+            "task",
+            "attributes",
+            "inputs",
+            "output",
+            "frameworks",
+            "devices",
+            "batching",
+        ),
+    )
     name = top.str("name", required=True, pattern=NAME_RE)
     version = top.str("version", required=True, pattern=VERSION_RE)
     references = top.list("references")
@@ -258,9 +280,21 @@ def parse_manifest(data: Any, *, file: str = "") -> Manifest:
 def _parse_input(data: Any, where: str, file: str) -> InputSpec:
     f = _Fields(data, where, file, ("name", "type", "parameters"))
     kind = f.str("type", required=True, choices=("image", "tensor"))
-    p = f.sub("parameters", (
-        "element_type", "dimensions", "layout", "color_mode", "mean", "scale", "resize", "crop", "invert",
-    ), required=True)
+    p = f.sub(
+        "parameters",
+        (
+            "element_type",
+            "dimensions",
+            "layout",
+            "color_mode",
+            "mean",
+            "scale",
+            "resize",
+            "crop",
+            "invert",
+        ),
+        required=True,
+    )
     assert p is not None
     element_type = p.str("element_type", default="float32", choices=ELEMENT_TYPES)
     dims = p.list("dimensions", required=True)
@@ -288,9 +322,18 @@ def _parse_input(data: Any, where: str, file: str) -> InputSpec:
     if any(s == 0 for s in scale):
         raise p.error("scale", "must not be zero (inputs are divided by it)")
     return InputSpec(
-        name=spec.name, type=kind, element_type=element_type, dimensions=tuple(dims), layout=layout,
-        color_mode=color_mode, mean=p.numbers("mean", channels) or (0.0,), scale=scale,
-        resize_shorter=resize_shorter, interpolation=interpolation, crop=crop, invert=p.bool("invert"),
+        name=spec.name,
+        type=kind,
+        element_type=element_type,
+        dimensions=tuple(dims),
+        layout=layout,
+        color_mode=color_mode,
+        mean=p.numbers("mean", channels) or (0.0,),
+        scale=scale,
+        resize_shorter=resize_shorter,
+        interpolation=interpolation,
+        crop=crop,
+        invert=p.bool("invert"),
     )
 
 
@@ -319,9 +362,13 @@ def _parse_output(f: _Fields | None) -> OutputSpec:
     elif kind == "classification":
         raise p.error("labels", "a classification output needs labels: a list, or {path: FILE} one per line")
     return OutputSpec(
-        name=name, type=kind, element_type=p.str("element_type", default="float32", choices=ELEMENT_TYPES),
-        dimensions=tuple(dims), probabilities=p.str("probabilities", default="softmax", choices=PROBABILITIES),
-        labels=labels, labels_path=labels_path,
+        name=name,
+        type=kind,
+        element_type=p.str("element_type", default="float32", choices=ELEMENT_TYPES),
+        dimensions=tuple(dims),
+        probabilities=p.str("probabilities", default="softmax", choices=PROBABILITIES),
+        labels=labels,
+        labels_path=labels_path,
     )
 
 

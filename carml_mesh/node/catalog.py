@@ -119,8 +119,13 @@ def _build_catalog(dirs: list[Path], store: ArtifactStore, frameworks: dict[str,
                 log.warning("%s %s: %s not servable: %s", manifest.name, manifest.version, name, d.problem)
         wire = {
             "inputs": [i.to_wire() for i in manifest.inputs],
-            "outputs": [{"name": manifest.output.name, "type": manifest.output.type,
-                         "probabilities": manifest.output.probabilities}],
+            "outputs": [
+                {
+                    "name": manifest.output.name,
+                    "type": manifest.output.type,
+                    "probabilities": manifest.output.probabilities,
+                }
+            ],
             "labels": list(labels),
         }
         models.append(ServedModel(manifest, labels, deployments, wire))

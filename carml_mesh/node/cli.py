@@ -25,8 +25,11 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="carml-node", description="A node of the carml-mesh: serves, routes and "
-                                     "benchmarks ML models. With no command it runs the node.")
+    parser = argparse.ArgumentParser(
+        prog="carml-node",
+        description="A node of the carml-mesh: serves, routes and "
+        "benchmarks ML models. With no command it runs the node.",
+    )
     parser.add_argument("--version", action="version", version=f"carml-mesh {__version__}")
     sub = parser.add_subparsers(dest="command")
 
@@ -55,19 +58,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default=_env("HOST", DEFAULT_HOST), help="address to listen on [CARML_HOST]")
-    p.add_argument("--port", type=int, default=int(_env("PORT", str(DEFAULT_PORT)) or DEFAULT_PORT),
-                   help="HTTP port [CARML_PORT]")
-    p.add_argument("--data-dir", type=Path, default=Path(_env("DATA_DIR") or default_data_dir()),
-                   help="artifact store, node id [CARML_DATA_DIR]")
-    p.add_argument("--manifests", type=Path, action="append",
-                   help="folder of *.yml manifests; repeatable [CARML_MANIFESTS, ':'-separated; "
-                        "default DATA_DIR/manifests]")
+    p.add_argument(
+        "--port", type=int, default=int(_env("PORT", str(DEFAULT_PORT)) or DEFAULT_PORT), help="HTTP port [CARML_PORT]"
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(_env("DATA_DIR") or default_data_dir()),
+        help="artifact store, node id [CARML_DATA_DIR]",
+    )
+    p.add_argument(
+        "--manifests",
+        type=Path,
+        action="append",
+        help="folder of *.yml manifests; repeatable [CARML_MANIFESTS, ':'-separated; default DATA_DIR/manifests]",
+    )
     p.add_argument("--samples", type=Path, default=_env("SAMPLES"), help="folder of sample images for the page")
     p.add_argument("--name", default=_env("NAME"), help="node name shown to users (default: host name)")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     p.add_argument("--lazy", action="store_true", help="load models on first use instead of at start")
-    p.add_argument("--worker-threads", type=int, default=int(_env("WORKER_THREADS", "0") or 0),
-                   help="framework threads per worker (0: all cores)")
+    p.add_argument(
+        "--worker-threads",
+        type=int,
+        default=int(_env("WORKER_THREADS", "0") or 0),
+        help="framework threads per worker (0: all cores)",
+    )
     p.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body accepted")
     p.add_argument("--request-timeout", type=float, default=30.0, help="seconds before a request fails with 503")
 
@@ -81,10 +96,16 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     if args.name:
         kwargs["name"] = args.name
     return NodeConfig(
-        host=args.host, port=args.port, data_dir=args.data_dir, manifests_dirs=tuple(manifests),
-        samples_dir=Path(args.samples) if args.samples else None, preload=not args.lazy,
-        worker_threads=args.worker_threads, max_body_bytes=int(args.max_body_mb * (1 << 20)),
-        request_timeout=args.request_timeout, **kwargs,
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        manifests_dirs=tuple(manifests),
+        samples_dir=Path(args.samples) if args.samples else None,
+        preload=not args.lazy,
+        worker_threads=args.worker_threads,
+        max_body_bytes=int(args.max_body_mb * (1 << 20)),
+        request_timeout=args.request_timeout,
+        **kwargs,
     )
 
 

@@ -38,7 +38,10 @@ def _gpus() -> list[dict[str, Any]]:
     try:
         out = subprocess.run(
             [smi, "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return []

@@ -38,8 +38,9 @@ class PredictRequest:
 
 
 class InferenceService:
-    def __init__(self, catalog: Catalog, executor: Executor, *, node: dict[str, str], max_batch: int,
-                 timeout: float) -> None:
+    def __init__(
+        self, catalog: Catalog, executor: Executor, *, node: dict[str, str], max_batch: int, timeout: float
+    ) -> None:
         self.catalog = catalog
         self.executor = executor
         self.node = node
@@ -64,7 +65,9 @@ class InferenceService:
         devices = [d for d in self.executor.devices() if d.split(":")[0] in model.manifest.devices]
         if device:
             if device not in devices:
-                raise NotFound(f"device {device!r} is not available for {model.name} here; devices: {', '.join(devices)}")
+                raise NotFound(
+                    f"device {device!r} is not available for {model.name} here; devices: {', '.join(devices)}"
+                )
         elif devices:
             device = devices[0]
         else:
@@ -94,7 +97,9 @@ class InferenceService:
             if "" in tensors:  # an unnamed {tensor: ...} item feeds the model's only input
                 if len(model.manifest.inputs) != 1:
                     names = [i.name for i in model.manifest.inputs]
-                    raise BadRequest(f"model {model.name} has inputs {names}: name them with {{tensors: {{name: ...}}}}")
+                    raise BadRequest(
+                        f"model {model.name} has inputs {names}: name them with {{tensors: {{name: ...}}}}"
+                    )
                 tensors[model.manifest.inputs[0].name] = tensors.pop("")
             tensors = check_tensors(model, tensors)
             message["tensors"] = {name: encode_tensor(t) for name, t in tensors.items()}
@@ -125,8 +130,14 @@ class InferenceService:
         }
 
     async def infer_tensors(
-        self, name: str, version: str | None, tensors: dict[str, np.ndarray], outputs: list[str] | None,
-        *, framework: str | None = None, device: str | None = None,
+        self,
+        name: str,
+        version: str | None,
+        tensors: dict[str, np.ndarray],
+        outputs: list[str] | None,
+        *,
+        framework: str | None = None,
+        device: str | None = None,
     ) -> tuple[ServedModel, ModelSpec, dict[str, np.ndarray]]:
         """Raw tensors in, raw tensors out (the Open Inference Protocol path)."""
         model = self.catalog.get(name, version)
@@ -161,9 +172,7 @@ def check_tensors(model: ServedModel, tensors: dict[str, np.ndarray], *, cast: b
         t = tensors[spec.name]
         want = [-1, *spec.dimensions]
         if t.ndim != len(want) or any(w != -1 and w != s for w, s in zip(want, t.shape, strict=True)):
-            raise BadRequest(
-                f"input {spec.name!r}: expected shape {_shape(want)} (batch first), got {list(t.shape)}"
-            )
+            raise BadRequest(f"input {spec.name!r}: expected shape {_shape(want)} (batch first), got {list(t.shape)}")
         if t.shape[0] == 0:
             raise BadRequest(f"input {spec.name!r}: the batch is empty")
         if batch is not None and t.shape[0] != batch:
@@ -191,8 +200,11 @@ def _as_list(value: Any, n: int) -> list[float]:
 def _results(reply: dict[str, Any], batch: int, classify: bool) -> list[dict[str, Any]]:
     if classify and "results" in reply:
         return [
-            {"predictions": [{"index": int(i), "label": str(label), "probability": float(p)}
-                             for i, p, label in r["predictions"]]}
+            {
+                "predictions": [
+                    {"index": int(i), "label": str(label), "probability": float(p)} for i, p, label in r["predictions"]
+                ]
+            }
             for r in reply["results"]
         ]
     try:

@@ -71,8 +71,9 @@ class Node:
             raise
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.aclose()
 
     async def _start(self) -> None:
@@ -94,8 +95,9 @@ class Node:
             raise ConfigError(f"executor {config.executor!r} is not available; use 'local'")
         executor = LocalExecutor(
             run_dir,
-            LocalExecutorConfig(threads=config.worker_threads, pool=config.worker_pool,
-                                max_pixels=config.max_image_pixels),
+            LocalExecutorConfig(
+                threads=config.worker_threads, pool=config.worker_pool, max_pixels=config.max_image_pixels
+            ),
             devices=devices,
         )
         self.executor = await self._stack.enter_async_context(executor)
@@ -103,8 +105,11 @@ class Node:
         for problem in self.catalog.problems:
             log.warning("manifest problem: %s", problem)
         self.inference = InferenceService(
-            self.catalog, executor, node={"id": self.id, "name": self.name},
-            max_batch=config.max_batch, timeout=config.request_timeout,
+            self.catalog,
+            executor,
+            node={"id": self.id, "name": self.name},
+            max_batch=config.max_batch,
+            timeout=config.request_timeout,
         )
         self._stack.push_async_callback(self._cancel_tasks)
         runner = web.AppRunner(make_app(self), access_log=None, shutdown_timeout=1.0)
@@ -115,8 +120,14 @@ class Node:
         server = getattr(site, "_server", None)
         if server is not None and server.sockets:
             self.port = server.sockets[0].getsockname()[1]
-        log.info("node %s (%s) serving %d model(s) on http://%s:%d/", self.name, self.id, len(self.catalog),
-                 config.host, self.port)
+        log.info(
+            "node %s (%s) serving %d model(s) on http://%s:%d/",
+            self.name,
+            self.id,
+            len(self.catalog),
+            config.host,
+            self.port,
+        )
         if config.preload:
             self._spawn(self._preload())
         else:
@@ -198,12 +209,20 @@ class Node:
             loaded = []
             if d.available:
                 for device in self.executor.devices():
-                    if device.split(":")[0] in m.devices and self.executor.is_loaded(model.model_spec(entry.name, device)):
+                    if device.split(":")[0] in m.devices and self.executor.is_loaded(
+                        model.model_spec(entry.name, device)
+                    ):
                         loaded.append(device)
-            frameworks.append({
-                "name": entry.name, "constraint": str(entry.version), "sha256": d.sha256,
-                "available": d.available, "problem": d.problem, "loaded": loaded,
-            })
+            frameworks.append(
+                {
+                    "name": entry.name,
+                    "constraint": str(entry.version),
+                    "sha256": d.sha256,
+                    "available": d.available,
+                    "problem": d.problem,
+                    "loaded": loaded,
+                }
+            )
         described: dict[str, Any] = {"name": m.name, "version": m.version, "frameworks": frameworks}
         if brief:
             return described
@@ -216,8 +235,10 @@ class Node:
             task=m.task,
             attributes=dict(m.attributes),
             devices=list(m.devices),
-            inputs=[{"name": i.name, "type": i.type, "element_type": i.element_type,
-                     "dimensions": list(i.dimensions)} for i in m.inputs],
+            inputs=[
+                {"name": i.name, "type": i.type, "element_type": i.element_type, "dimensions": list(i.dimensions)}
+                for i in m.inputs
+            ],
             input_type=inp.type,
             output={"name": m.output.name, "type": m.output.type, "classes": len(model.labels)},
         )
@@ -228,10 +249,18 @@ class Node:
         m = model.manifest
         return {
             "inputs": [i.to_wire() for i in m.inputs],
-            "output": {"name": m.output.name, "type": m.output.type, "probabilities": m.output.probabilities,
-                       "labels": len(model.labels)},
-            "frameworks": [{"name": f.name, "version": str(f.version),
-                            "artifact": {"sha256": model.deployments[f.name].sha256}} for f in m.frameworks],
-            "batching": {"max_batch_size": m.batching.max_batch_size,
-                         "max_queue_delay_ms": m.batching.max_queue_delay_ms},
+            "output": {
+                "name": m.output.name,
+                "type": m.output.type,
+                "probabilities": m.output.probabilities,
+                "labels": len(model.labels),
+            },
+            "frameworks": [
+                {"name": f.name, "version": str(f.version), "artifact": {"sha256": model.deployments[f.name].sha256}}
+                for f in m.frameworks
+            ],
+            "batching": {
+                "max_batch_size": m.batching.max_batch_size,
+                "max_queue_delay_ms": m.batching.max_queue_delay_ms,
+            },
         }

@@ -44,12 +44,15 @@ def _reply(request: web.Request, payload: object, *, as_msgpack: bool | None = N
 
 async def health(request: web.Request) -> web.Response:
     node = _node(request)
-    return _reply(request, {
-        "status": "ok" if node.ready else "starting",
-        "ready": node.ready,
-        "node": node.id,
-        "uptime_s": round(time.monotonic() - node.started_monotonic, 3),
-    })
+    return _reply(
+        request,
+        {
+            "status": "ok" if node.ready else "starting",
+            "ready": node.ready,
+            "node": node.id,
+            "uptime_s": round(time.monotonic() - node.started_monotonic, 3),
+        },
+    )
 
 
 async def node_info(request: web.Request) -> web.Response:
@@ -75,8 +78,9 @@ async def predict(request: web.Request) -> web.Response:
     node = _node(request)
     content_type = bodies.check_content_type(request.content_type)
     if request.content_length is not None and request.content_length > node.config.max_body_bytes:
-        raise PayloadTooLarge(f"request body of {request.content_length} bytes exceeds the limit of "
-                              f"{node.config.max_body_bytes}")
+        raise PayloadTooLarge(
+            f"request body of {request.content_length} bytes exceeds the limit of {node.config.max_body_bytes}"
+        )
     if content_type == "multipart/form-data":
         parsed = await _parse_multipart(request, node.config.max_body_bytes)
     else:
@@ -109,8 +113,9 @@ async def _parse_multipart(request: web.Request, limit: int) -> PredictRequest:
                 raise BadRequest(f"form field {name!r} is longer than {MAX_FIELD_BYTES} bytes")
             fields[name] = raw.decode("utf-8", errors="replace").strip()
         else:
-            raise BadRequest(f"unknown form field {name!r}; send model, version, framework, device, top_k and "
-                             "image files")
+            raise BadRequest(
+                f"unknown form field {name!r}; send model, version, framework, device, top_k and image files"
+            )
     if not images:
         raise BadRequest("the form holds no image file; add one or more files under 'image'")
     doc: dict[str, object] = {k: v for k, v in fields.items() if v}
@@ -131,5 +136,3 @@ async def samples(request: web.Request) -> web.Response:
 
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
-
-

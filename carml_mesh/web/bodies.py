@@ -91,7 +91,9 @@ def parse_document(doc: Any, *, binary: bool) -> PredictRequest:
     tensors: dict[str, list[np.ndarray]] = {}
     for n, item in enumerate(items):
         if not isinstance(item, dict) or len(item) != 1 or next(iter(item)) not in ("image", "tensor", "tensors"):
-            raise BadRequest(f"inputs[{n}] must be one of {{image: ...}}, {{tensor: ...}} or {{tensors: {{name: ...}}}}")
+            raise BadRequest(
+                f"inputs[{n}] must be one of {{image: ...}}, {{tensor: ...}} or {{tensors: {{name: ...}}}}"
+            )
         kind, value = next(iter(item.items()))
         if kind == "image":
             images.append(_image(value, n, binary))

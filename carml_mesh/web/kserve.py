@@ -67,8 +67,10 @@ def _metadata(manifest: Manifest, versions: list[str], platform: str) -> dict[st
         "name": manifest.name,
         "versions": versions,
         "platform": platform,
-        "inputs": [{"name": i.name, "datatype": _datatype(i.element_type), "shape": [-1, *i.dimensions]}
-                   for i in manifest.inputs],
+        "inputs": [
+            {"name": i.name, "datatype": _datatype(i.element_type), "shape": [-1, *i.dimensions]}
+            for i in manifest.inputs
+        ],
         "outputs": [{"name": out.name, "datatype": _datatype(out.element_type), "shape": [-1, *out_dims]}],
     }
 
@@ -115,8 +117,9 @@ async def infer(request: web.Request) -> web.Response:
         raise BadRequest("'inputs' must hold at least one tensor")
     framework = params.get("framework") if isinstance(params.get("framework"), str) else None
     device = params.get("device") if isinstance(params.get("device"), str) else None
-    model, spec, outputs = await node.inference.infer_tensors(name, version, tensors, None, framework=framework,
-                                                             device=device)
+    model, spec, outputs = await node.inference.infer_tensors(
+        name, version, tensors, None, framework=framework, device=device
+    )
     try:
         body, json_length = codec.encode_infer_response(
             model_name=model.name,

@@ -35,8 +35,22 @@ class RunningNode:
 
 
 def start_node(tmp_path: Path, manifests: Path, *extra: str) -> RunningNode:
-    cmd = [sys.executable, "-m", "carml_mesh.node", "--host", "127.0.0.1", "--port", "0", "--data-dir",
-           str(tmp_path / "data"), "--manifests", str(manifests), "--log-level", "WARNING", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "carml_mesh.node",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--manifests",
+        str(manifests),
+        "--log-level",
+        "WARNING",
+        *extra,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO)
     assert proc.stdout is not None
     url = ""
@@ -76,22 +90,38 @@ def test_signal_stops_node_and_workers(running: RunningNode, sig: signal.Signals
 
 def test_client_subcommands(running: RunningNode, models_dir) -> None:
     env = {**os.environ, "CARML_URL": running.url}
-    out = subprocess.run([sys.executable, "-m", "carml_mesh.node", "models"], env=env, capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "carml_mesh.node", "models"], env=env, capture_output=True, text=True, check=True
+    ).stdout
     assert "efficientnet-lite0" in out and "digits-cnn" in out
     out = subprocess.run(
-        [sys.executable, "-m", "carml_mesh.node", "predict", "efficientnet-lite0",
-         str(models_dir / "samples" / "chelsea.jpg"), str(models_dir / "samples" / "coffee.jpg"), "--top-k", "2"],
-        env=env, capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "carml_mesh.node",
+            "predict",
+            "efficientnet-lite0",
+            str(models_dir / "samples" / "chelsea.jpg"),
+            str(models_dir / "samples" / "coffee.jpg"),
+            "--top-k",
+            "2",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "Egyptian cat" in out and "espresso" in out
-    failed = subprocess.run([sys.executable, "-m", "carml_mesh.node", "predict", "nope", str(models_dir /
-                             "samples" / "chelsea.jpg")], env=env, capture_output=True, text=True)
+    failed = subprocess.run(
+        [sys.executable, "-m", "carml_mesh.node", "predict", "nope", str(models_dir / "samples" / "chelsea.jpg")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert failed.returncode == 1 and "unknown model 'nope'" in failed.stdout
     running.proc.terminate()
     running.proc.wait(timeout=SHUTDOWN_LIMIT_S)
-    down = subprocess.run([sys.executable, "-m", "carml_mesh.node", "models"], env=env, capture_output=True,
-                          text=True)
+    down = subprocess.run([sys.executable, "-m", "carml_mesh.node", "models"], env=env, capture_output=True, text=True)
     assert down.returncode != 0 and "cannot reach a node" in down.stderr
 
 
@@ -104,7 +134,8 @@ def test_broken_manifests_are_reported_and_skipped(models_dir, tmp_path) -> None
     (manifests / "typo.yml").write_text(good.replace("name: digits-cnn", "name: typo").replace("license:", "licence:"))
     (manifests / "broken.yml").write_text("name: [unclosed\n")
     (manifests / "missing.yml").write_text(
-        good.replace("name: digits-cnn", "name: missing").replace("../build/models/digits-cnn", str(tmp_path / "x")))
+        good.replace("name: digits-cnn", "name: missing").replace("../build/models/digits-cnn", str(tmp_path / "x"))
+    )
     node = start_node(tmp_path, manifests)
     try:
         info = node.get("/api/node")
@@ -125,8 +156,11 @@ def test_broken_manifests_are_reported_and_skipped(models_dir, tmp_path) -> None
 def test_validate_subcommand(tmp_path) -> None:
     bad = tmp_path / "bad.yml"
     bad.write_text("name: ok\nversion: '1'\ninputs: []\n")
-    result = subprocess.run([sys.executable, "-m", "carml_mesh.node", "validate", str(REPO / "manifests" /
-                             "digits-cnn.yml"), str(bad)], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "carml_mesh.node", "validate", str(REPO / "manifests" / "digits-cnn.yml"), str(bad)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1
     assert "ok    " in result.stdout and "bad.yml: inputs: must name at least one input" in result.stdout
 
@@ -138,7 +172,21 @@ def test_unusable_port_is_a_clear_error(tmp_path) -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "carml_mesh.node", "--host", "127.0.0.1", "--port",
-                                 str(port), "--data-dir", str(tmp_path), "--lazy"], capture_output=True, text=True,
-                                timeout=60)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "carml_mesh.node",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(tmp_path),
+                "--lazy",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert result.returncode == 1 and "cannot start" in result.stderr

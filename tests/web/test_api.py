@@ -12,9 +12,9 @@ import aiohttp
 import msgpack
 import numpy as np
 import pytest
+from helpers import CAT_CLASSES, png_bytes
 
 from carml_mesh.node.node import Node
-from helpers import CAT_CLASSES, png_bytes
 
 MSGPACK = "application/msgpack"
 
@@ -96,8 +96,9 @@ async def test_frameworks_agree_on_cat_and_coffee(http: aiohttp.ClientSession, m
     images = [{"image": base64.b64encode(cat_jpeg).decode()}, {"image": base64.b64encode(coffee).decode()}]
     answers = {}
     for framework in ("onnxruntime", "pytorch"):
-        status, doc = await post_json(http, {"model": "efficientnet-lite0", "framework": framework,
-                                             "inputs": images, "top_k": 3})
+        status, doc = await post_json(
+            http, {"model": "efficientnet-lite0", "framework": framework, "inputs": images, "top_k": 3}
+        )
         assert status == 200, doc
         answers[framework] = [r["predictions"] for r in doc["results"]]
     onnx, torch = answers["onnxruntime"], answers["pytorch"]
@@ -114,9 +115,16 @@ async def test_digits_heldout_accuracy_through_the_api(http, digits_heldout, fra
     x, y = digits_heldout
     predicted = []
     for start in range(0, len(x), 128):
-        batch = x[start:start + 128]
-        status, doc = await post_msgpack(http, {"model": "digits-cnn", "framework": framework, "top_k": 1,
-                                                "inputs": [tensor_item(item) for item in batch]})
+        batch = x[start : start + 128]
+        status, doc = await post_msgpack(
+            http,
+            {
+                "model": "digits-cnn",
+                "framework": framework,
+                "top_k": 1,
+                "inputs": [tensor_item(item) for item in batch],
+            },
+        )
         assert status == 200, doc
         assert doc["batch_size"] == len(batch)
         predicted += [r["predictions"][0]["index"] for r in doc["results"]]
@@ -153,8 +161,8 @@ def bomb_png() -> bytes:
     """A valid 1x1 PNG whose header claims 40000 x 40000 pixels: refused before any pixel is decoded."""
     png = bytearray(png_bytes(np.zeros((1, 1), dtype=np.uint8)))
     ihdr = png.index(b"IHDR")
-    png[ihdr + 4:ihdr + 12] = struct.pack(">II", 40000, 40000)
-    png[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(png[ihdr:ihdr + 17])))
+    png[ihdr + 4 : ihdr + 12] = struct.pack(">II", 40000, 40000)
+    png[ihdr + 17 : ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(png[ihdr : ihdr + 17])))
     return bytes(png)
 
 
@@ -181,8 +189,11 @@ def b64(data: bytes) -> str:
         ({"model": "efficientnet-lite0", "inputs": [{"image": "!!!"}]}, 400, "base64"),
         ({"model": "efficientnet-lite0", "inputs": [{"image": b64(b"not an image")}]}, 400, "cannot decode"),
         ({"model": "efficientnet-lite0", "inputs": [{"image": b64(bomb_png())}]}, 413, "pixels"),
-        ({"model": "efficientnet-lite0", "inputs": [{"image": b64(b"\xff\xd8\xff\xe0" + b"\0" * 40)}]}, 400,
-         "cannot decode"),
+        (
+            {"model": "efficientnet-lite0", "inputs": [{"image": b64(b"\xff\xd8\xff\xe0" + b"\0" * 40)}]},
+            400,
+            "cannot decode",
+        ),
     ],
 )
 async def test_bad_requests_get_clear_errors(http, doc, status: int, fragment: str) -> None:
@@ -262,8 +273,9 @@ async def test_bad_input_does_not_disturb_concurrent_requests(http, digits_heldo
 async def test_openapi_and_samples(http) -> None:
     async with http.get("/api/openapi.json") as resp:
         doc = await resp.json()
-    assert doc["openapi"].startswith("3.") and "/api/predict" in doc["paths"] and "/v2/models/{name}/infer" in doc[
-        "paths"]
+    assert (
+        doc["openapi"].startswith("3.") and "/api/predict" in doc["paths"] and "/v2/models/{name}/infer" in doc["paths"]
+    )
     async with http.get("/api/samples") as resp:
         names = {s["name"] for s in (await resp.json())["samples"]}
     assert {"chelsea.jpg", "coffee.jpg"} <= names

@@ -85,8 +85,7 @@ async def test_cat_through_kserve_both_frameworks(client, models_dir) -> None:
     for framework in ("onnxruntime", "pytorch"):
         inp = triton.InferInput("input", list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
-        result = await client.infer("efficientnet-lite0", [inp],
-                                         parameters={"framework": framework})
+        result = await client.infer("efficientnet-lite0", [inp], parameters={"framework": framework})
         logits = result.as_numpy("logits")
         assert result.get_response()["parameters"]["framework"] == framework
         tops[framework] = int(logits.argmax())
@@ -127,8 +126,12 @@ async def test_raw_garbage_on_the_infer_endpoint(http) -> None:
     cases = [
         (b"\x00\x01garbage", {}, 400),
         (b'{"inputs": []}', {}, 400),
-        (b'{"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "parameters": '
-         b'{"binary_data_size": 256}}]}', {"Inference-Header-Content-Length": "x"}, 400),
+        (
+            b'{"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "parameters": '
+            b'{"binary_data_size": 256}}]}',
+            {"Inference-Header-Content-Length": "x"},
+            400,
+        ),
         (b'{"inputs": [{"name": "input", "shape": [1000000000000], "datatype": "FP32", "data": [1]}]}', {}, 400),
     ]
     for body, headers, status in cases:

@@ -57,8 +57,9 @@ class OnnxRuntimeModel:
 
 
 class TorchScriptModel:
-    def __init__(self, path: str, device: str, threads: int, input_names: Sequence[str],
-                 output_names: Sequence[str]) -> None:
+    def __init__(
+        self, path: str, device: str, threads: int, input_names: Sequence[str], output_names: Sequence[str]
+    ) -> None:
         import torch
 
         if threads > 0:
@@ -84,7 +85,9 @@ class TorchScriptModel:
             raise WorkerError("bad_input", f"torch rejected the input: {_first_line(exc)}") from exc
         tensors = list(result) if isinstance(result, list | tuple) else [result]
         if len(tensors) != len(self.output_names):
-            raise WorkerError("internal", f"model returned {len(tensors)} outputs, manifest names {len(self.output_names)}")
+            raise WorkerError(
+                "internal", f"model returned {len(tensors)} outputs, manifest names {len(self.output_names)}"
+            )
         return {name: t.detach().cpu().numpy() for name, t in zip(self.output_names, tensors, strict=True)}
 
 

@@ -18,8 +18,18 @@ MAX_FRAME = 1 << 30  # 1 GiB: far above any request the node accepts
 DTYPES: dict[str, np.dtype[Any]] = {
     name: np.dtype(name).newbyteorder("<")
     for name in (
-        "bool", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64",
-        "float16", "float32", "float64",
+        "bool",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "float16",
+        "float32",
+        "float64",
     )
 }
 
@@ -56,8 +66,8 @@ def encode_tensor(array: np.ndarray) -> dict[str, Any]:
     name = array.dtype.name
     if name not in DTYPES:
         raise ProtocolError(f"dtype {name} cannot cross the wire")
-    data = np.ascontiguousarray(array, dtype=DTYPES[name])
-    return {"dtype": name, "shape": list(data.shape), "data": data.tobytes()}
+    data = np.asarray(array, dtype=DTYPES[name])  # not ascontiguousarray: it turns a 0-d array into shape (1,)
+    return {"dtype": name, "shape": list(data.shape), "data": data.tobytes()}  # tobytes(): C order, any strides
 
 
 def decode_tensor(obj: Any) -> np.ndarray:

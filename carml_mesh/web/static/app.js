@@ -32,7 +32,7 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-const fmtPct = (p) => `${(p * 100).toFixed(p >= 0.995 || p < 0.0001 ? 1 : 2)}%`;
+const fmtPct = (p) => (p > 0 && p < 0.0001 ? "<0.01%" : `${(p * 100).toFixed(p >= 0.995 ? 1 : 2)}%`);
 const fmtMs = (ms) => (ms >= 100 ? `${Math.round(ms)} ms` : `${ms.toFixed(ms >= 10 ? 1 : 2)} ms`);
 const shortHash = (h) => (h ? h.slice(0, 12) : "—");
 
@@ -94,20 +94,21 @@ function renderNode(info) {
 
   const hw = info.hardware || {};
   const gpus = (hw.gpus || []).map((g) => `${g.name} (${fmtBytes(g.memory_bytes)})`);
-  const fact = (term, ...value) => [el("dt", { text: term }), el("dd", {}, ...value)];
+  const fact = (term, ...value) => el("div", {}, el("dt", { text: term }), el("dd", {}, ...value));
   const chips = (info.frameworks || []).map((f) => el("span", { class: "chip" }, f.name, el("span", { class: "chip-sub", text: f.version })));
   $("node-facts").replaceChildren(
-    ...fact("CPU", `${hw.cpu_model || "unknown"} · ${hw.cores ?? "?"} cores · ${fmtBytes(hw.memory_bytes)}`),
-    ...fact("GPU", gpus.length ? gpus.join(", ") : "none"),
-    ...fact("Frameworks", chips.length ? el("span", { class: "chips" }, chips) : "none installed"),
-    ...fact("Devices", (info.devices || []).join(", ") || "none"),
-    ...fact("Executor", info.executor || "—"),
+    fact("CPU", `${hw.cpu_model || "unknown"} · ${hw.cores ?? "?"} cores`),
+    fact("Memory", fmtBytes(hw.memory_bytes)),
+    fact("GPU", gpus.length ? gpus.join(", ") : "none"),
+    fact("Devices", (info.devices || []).join(", ") || "none"),
+    fact("Executor", info.executor || "—"),
+    fact("Frameworks", chips.length ? el("span", { class: "chips" }, chips) : "none installed"),
   );
 
   const problems = [...(info.problems || []),
     ...Object.entries(info.load_errors || {}).map(([key, msg]) => `${key}: ${msg}`)];
   $("node-warnings").replaceChildren(...(problems.length ? [el("div", { class: "warning-box", role: "status" },
-    el("strong", { text: "Manifest problems" }), el("ul", {}, problems.map((p) => el("li", { text: p }))))] : []));
+    el("strong", { text: (info.problems || []).length ? "Manifest problems" : "Load errors" }), el("ul", {}, problems.map((p) => el("li", { text: p }))))] : []));
   renderWorkers(info.workers || []);
 }
 
@@ -223,7 +224,7 @@ function updateFrameworkControls() {
 function selectModel(index) {
   $("model").value = String(index);
   updateFrameworkControls();
-  $("try").scrollIntoView({ behavior: "smooth", block: "start" });
+  $("try").scrollIntoView({ behavior: smooth(), block: "start" });
   $("model").focus({ preventScroll: true });
 }
 
@@ -264,7 +265,7 @@ function renderTray() {
   const keys = new Set(state.items.map((it) => it.key));
   for (const btn of $("samples").querySelectorAll("button[data-key]")) btn.setAttribute("aria-pressed", keys.has(btn.dataset.key));
   $("tray").replaceChildren(...(state.items.length ? state.items.map((it) => el("li", { class: "tray-item" },
-    el("img", { src: it.thumb, alt: "", loading: "lazy" }), el("span", { class: "tray-name", text: it.name, title: it.name }),
+    thumb(it.thumb, ""), el("span", { class: "tray-name", text: it.name, title: it.name }),
     el("button", { type: "button", class: "icon-button", "aria-label": `Remove ${it.name}`, text: "×", onclick: () => removeItem(it.key) })))
     : [el("li", { class: "muted tray-empty", text: "No images selected yet." })]));
   $("clear-selection").hidden = state.items.length === 0;
@@ -275,7 +276,7 @@ function renderSamples(samples) {
   state.samples = samples;
   $("samples").replaceChildren(...(samples.length ? samples.map((s) => el("button", {
     type: "button", class: "sample", "data-key": `sample:${s.url}`, "aria-pressed": "false", title: s.name, onclick: () => toggleSample(s) },
-    el("img", { src: s.url, alt: "", loading: "lazy" }), el("span", { class: "sample-name", text: s.name })))
+    thumb(s.url, ""), el("span", { class: "sample-name", text: s.name })))
     : [el("p", { class: "muted", text: "This node has no bundled sample images; upload your own." })]));
   renderTray();
 }
@@ -350,14 +351,23 @@ async function onSubmit(event) {
 // ---------------------------------------------------------------- 6. results
 
 const STAGES = ["decode", "preprocess", "queue", "compute", "postprocess"];
+const STAGE_NOTES = {
+  decode: "image bytes to pixels", preprocess: "resize, crop, normalise", queue: "waiting for a batch and a worker",
+  compute: "the framework's forward pass (shared by the batch)", postprocess: "softmax and top-k",
+  other: "total minus the stages: transport, worker hand-off, a lazy model load",
+};
+const smooth = () => (matchMedia("(prefers-reduced-motion: reduce)").matches ? "auto" : "smooth");
+
+/** A thumbnail that degrades to a plain placeholder when the browser cannot decode the file. */
+const thumb = (src, alt) => el("img", { src, alt, loading: "lazy", onerror: (e) => e.target.replaceWith(
+  el("span", { class: "thumb-missing", role: "img", "aria-label": alt || "no preview", text: "?" })) });
 
 function predictionList(predictions) {
   return el("ol", { class: "predictions" }, predictions.map((p) => el("li", { class: "prediction" },
     el("div", { class: "pred-line" },
-      el("span", { class: "pred-label", text: p.label ?? `class ${p.index}` }),
+      el("span", { class: "pred-label" }, p.label ?? `class ${p.index}`, " ", el("span", { class: "pred-index", text: `#${p.index}` })),
       el("span", { class: "pred-pct", text: fmtPct(p.probability) })),
-    el("div", { class: "bar", "aria-hidden": "true" }, el("span", { style: `width: ${Math.max(0.5, p.probability * 100)}%` })),
-    el("span", { class: "pred-index", text: `#${p.index}` }))));
+    el("div", { class: "bar", "aria-hidden": "true" }, el("span", { style: `width: ${Math.max(0.5, p.probability * 100)}%` })))));
 }
 
 function timingBreakdown(t) {
@@ -368,7 +378,7 @@ function timingBreakdown(t) {
   return el("div", { class: "timing" },
     el("div", { class: "stack", role: "img", "aria-label": `timing: ${describe}; total ${fmtMs(total)}` },
       parts.filter(([, v]) => v > 0).map(([k, v]) => el("span", { class: `seg seg-${k}`, style: `width: ${(v / total) * 100}%`, title: `${k} ${fmtMs(v)}` }))),
-    el("ul", { class: "legend" }, parts.map(([k, v]) => el("li", {}, el("span", { class: `swatch seg-${k}`, "aria-hidden": "true" }), `${k} `, el("b", { text: fmtMs(v) }))),
+    el("ul", { class: "legend" }, parts.map(([k, v]) => el("li", { title: STAGE_NOTES[k] }, el("span", { class: `swatch seg-${k}`, "aria-hidden": "true" }), `${k} `, el("b", { text: fmtMs(v) }))),
       el("li", { class: "legend-total" }, "total ", el("b", { text: fmtMs(total) }))));
 }
 
@@ -391,11 +401,11 @@ function runColumn(run, imageIndex) {
 function renderResults(model, items, runs) {
   $("results-section").hidden = false;
   const cards = items.map((it, i) => el("article", { class: "result card" },
-    el("div", { class: "result-image" }, el("img", { src: it.thumb, alt: it.name }), el("span", { class: "small tray-name", text: it.name })),
+    el("div", { class: "result-image" }, thumb(it.thumb, it.name), el("span", { class: "small tray-name", text: it.name })),
     el("div", { class: `runs runs-${Math.min(runs.length, 3)}` }, runs.map((run) => runColumn(run, i)))));
   $("results").replaceChildren(el("p", { class: "muted", text: `${model.name} ${model.version} · ${items.length} image(s)` +
     (runs.length > 1 ? ` · compared ${runs.map((r) => r.framework).join(" vs ")}` : "") }), ...cards);
-  $("results-section").scrollIntoView({ behavior: "smooth", block: "start" });
+  $("results-section").scrollIntoView({ behavior: smooth(), block: "start" });
 }
 
 // ---------------------------------------------------------------- 7. init
