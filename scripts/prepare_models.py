@@ -112,6 +112,7 @@ OUTPUTS: tuple[str, ...] = (
     f"{SAMPLES_DIR}/coffee.jpg",
     f"{SAMPLES_DIR}/astronaut.jpg",
     *(f"{SAMPLES_DIR}/digit-{d}.png" for d in range(10)),
+    f"{SAMPLES_DIR}/samples.json",
 )
 STAMP_NAME = ".stamp"
 
@@ -582,6 +583,15 @@ def build_samples(out: Path, split: DigitsSplit) -> None:
         ink = np.rint(split.x_test[first, 0] * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
         big = np.repeat(np.repeat(ink, scale, axis=0), scale, axis=1)  # nearest-neighbour upscale
         write_image_atomic(dest / f"digit-{digit}.png", Image.fromarray(big), format="PNG")
+
+    # which model each sample suits and what it shows, for the page (served by GET /api/samples)
+    index = {
+        "chelsea.jpg": {"models": ["efficientnet-lite0"], "label": "a cat (Egyptian cat)"},
+        "coffee.jpg": {"models": ["efficientnet-lite0"], "label": "a cup of espresso"},
+        "astronaut.jpg": {"models": ["efficientnet-lite0"], "label": "an astronaut (no ImageNet class)"},
+        **{f"digit-{d}.png": {"models": ["digits-cnn"], "label": f"the digit {d}"} for d in range(10)},
+    }
+    write_text_atomic(dest / "samples.json", json.dumps(index, indent=1, sort_keys=True) + "\n")
 
 
 # --------------------------------------------------------------------------------------------

@@ -109,14 +109,18 @@ class LocalExecutor(Executor):
     async def infer(self, model: ModelSpec, request: dict[str, Any], *, timeout: float) -> dict[str, Any]:
         slot = self._slots.setdefault((model.framework, model.device), _Slot())
         worker = slot.worker
+        load_ms = 0.0
         if worker is None or not worker.alive or model.key not in worker.loaded:
             async with asyncio.timeout(timeout):
-                await self.load(model)
+                load_ms = await self.load(model)
             worker = slot.worker
         assert worker is not None
         slot.requests += 1
         try:
-            return await worker.request({"op": "infer", "model": model.key, **request}, timeout=timeout)
+            reply = await worker.request({"op": "infer", "model": model.key, **request}, timeout=timeout)
+            if load_ms:
+                reply["load_ms"] = load_ms  # a cold start, reported apart from this request's own stages
+            return reply
         except WorkerUnavailable:
             slot.failures += 1
             raise

@@ -126,7 +126,12 @@ class InferenceService:
             "node": self.node,
             "batch_size": batch,
             "results": results,
-            "timings_ms": {"total": total, "worker": worker_ms, "node": max(0.0, total - worker_ms)},
+            "timings_ms": {
+                "total": total,
+                "worker": worker_ms,
+                "load": float(reply.get("load_ms", 0.0)),
+                "node": max(0.0, total - worker_ms - float(reply.get("load_ms", 0.0))),
+            },
         }
 
     async def infer_tensors(

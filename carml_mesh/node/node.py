@@ -194,6 +194,12 @@ class Node:
             "executor": self.executor.kind,
             "frameworks": [{"name": n, "version": v} for n, v in sorted(self.executor.frameworks().items())],
             "devices": self.executor.devices(),
+            "limits": {
+                "max_body_bytes": self.config.max_body_bytes,
+                "max_image_pixels": self.config.max_image_pixels,
+                "max_batch": self.config.max_batch,
+                "request_timeout_s": self.config.request_timeout,
+            },
             "models": [self.describe_model(m, brief=True) for m in self.catalog],
             "problems": [str(p) for p in self.catalog.problems],
             "load_errors": self.load_errors,
@@ -234,7 +240,7 @@ class Node:
             references=list(m.references),
             task=m.task,
             attributes=dict(m.attributes),
-            devices=list(m.devices),
+            devices=[d for d in self.executor.devices() if d.split(":")[0] in m.devices],
             inputs=[
                 {"name": i.name, "type": i.type, "element_type": i.element_type, "dimensions": list(i.dimensions)}
                 for i in m.inputs

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import BodyPartReader, web
 
@@ -128,10 +130,28 @@ async def samples(request: web.Request) -> web.Response:
     folder = node.config.samples_dir
     items = []
     if folder is not None and folder.is_dir():
+        index = _samples_index(folder)
         for path in sorted(folder.iterdir()):
             if path.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"):
-                items.append({"name": path.name, "url": f"/samples/{path.name}"})
+                about = index.get(path.name, {})
+                items.append(
+                    {
+                        "name": path.name,
+                        "url": f"/samples/{path.name}",
+                        "models": about.get("models", []),
+                        "label": about.get("label", ""),
+                    }
+                )
     return _reply(request, {"samples": items})
+
+
+def _samples_index(folder: Path) -> dict[str, dict[str, Any]]:
+    """samples.json beside the images: which models each sample suits and what it shows (optional)."""
+    try:
+        data = json.loads((folder / "samples.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {str(k): v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
 
 
 async def openapi(request: web.Request) -> web.Response:

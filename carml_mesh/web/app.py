@@ -54,9 +54,17 @@ def make_app(node: Node) -> web.Application:
     kserve.add_routes(app)
     app.router.add_get("/", _index)
     app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)
-    if node.config.samples_dir is not None and node.config.samples_dir.is_dir():
-        app.router.add_static("/samples/", node.config.samples_dir, show_index=False, follow_symlinks=False)
+    app.router.add_get("/samples/{file}", _sample)
     return app
+
+
+async def _sample(request: web.Request) -> web.FileResponse:
+    """A bundled sample image; one plain file name, nothing else (no traversal, no folders, no dotfiles)."""
+    folder = request.app[NODE].config.samples_dir
+    name = request.match_info["file"]
+    if folder is None or "/" in name or "\\" in name or name.startswith(".") or not (folder / name).is_file():
+        raise web.HTTPNotFound(text=f"no sample named {name!r}")
+    return web.FileResponse(folder / name, headers={"Cache-Control": "max-age=3600"})
 
 
 async def _index(request: web.Request) -> web.FileResponse:

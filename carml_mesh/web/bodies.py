@@ -33,7 +33,10 @@ def wants_msgpack(accept: str, content_type: str) -> bool:
 def encode(payload: Any, as_msgpack: bool) -> bytes:
     if as_msgpack:
         return msgpack.packb(payload, use_bin_type=True, default=_msgpack_default)
-    return json.dumps(payload, default=_json_default, allow_nan=False, separators=(",", ":")).encode()
+    try:
+        return json.dumps(payload, default=_json_default, allow_nan=False, separators=(",", ":")).encode()
+    except ValueError:  # a NaN or inf outside an array (a score of a broken model): null, as JSON has no NaN
+        return json.dumps(_nan_to_none(payload), default=_json_default, allow_nan=False, separators=(",", ":")).encode()
 
 
 def _msgpack_default(obj: Any) -> Any:
@@ -57,8 +60,10 @@ def _json_default(obj: Any) -> Any:
 
 
 def _nan_to_none(data: Any) -> Any:
-    if isinstance(data, list):
+    if isinstance(data, list | tuple):
         return [_nan_to_none(x) for x in data]
+    if isinstance(data, dict):
+        return {k: _nan_to_none(v) for k, v in data.items()}
     return None if isinstance(data, float) and not math.isfinite(data) else data
 
 

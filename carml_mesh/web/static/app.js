@@ -274,10 +274,15 @@ function renderTray() {
 
 function renderSamples(samples) {
   state.samples = samples;
-  $("samples").replaceChildren(...(samples.length ? samples.map((s) => el("button", {
-    type: "button", class: "sample", "data-key": `sample:${s.url}`, "aria-pressed": "false", title: s.name, onclick: () => toggleSample(s) },
+  // samples.json says which model each sample suits; show those for the chosen model (all when untagged)
+  const model = currentModel();
+  const suited = samples.filter((s) => !s.models || !s.models.length || !model || s.models.includes(model.name));
+  $("samples").replaceChildren(...(suited.length ? suited.map((s) => el("button", {
+    type: "button", class: "sample", "data-key": `sample:${s.url}`, "aria-pressed": "false",
+    title: s.label ? `${s.name}: ${s.label}` : s.name, onclick: () => toggleSample(s) },
     thumb(s.url, ""), el("span", { class: "sample-name", text: s.name })))
-    : [el("p", { class: "muted", text: "This node has no bundled sample images; upload your own." })]));
+    : [el("p", { class: "muted", text: samples.length ? "No bundled samples suit this model; upload your own."
+      : "This node has no bundled sample images; upload your own." })]));
   renderTray();
 }
 
@@ -421,7 +426,7 @@ function wireDropZone() {
 }
 
 function init() {
-  $("model").addEventListener("change", updateFrameworkControls);
+  $("model").addEventListener("change", () => { updateFrameworkControls(); renderSamples(state.samples); });
   $("compare").addEventListener("change", updateFrameworkControls);
   $("files").addEventListener("change", (e) => { addFiles(e.target.files); e.target.value = ""; });
   $("clear-selection").addEventListener("click", () => [...state.items].forEach((it) => removeItem(it.key)));
