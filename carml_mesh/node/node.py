@@ -188,6 +188,7 @@ class Node:
             "name": self.name,
             "version": __version__,
             "url": self.url(),
+            "pid": os.getpid(),
             "started_at": self.started_at,
             "ready": self.ready,
             "hardware": self.hardware,
