@@ -4,6 +4,9 @@
     ├── ConfigError              a flag, env var or config value is wrong
     ├── ManifestError            a manifest is invalid (file, field, reason)
     ├── ArtifactError            an artifact is missing or its digest does not match
+    ├── GossipError              membership protocol
+    │   ├── CodecError           bytes that are not a valid gossip packet or message
+    │   └── CryptoError          a packet that no key of the keyring opens, or the wrong kind (plain/sealed)
     ├── RequestError             the client's fault; carries the HTTP status
     │   ├── BadRequest           400: malformed body, wrong shape or dtype, undecodable image
     │   ├── NotFound             404: unknown model, version, framework or device
@@ -43,6 +46,18 @@ class ManifestError(CarmlError):
 
 class ArtifactError(CarmlError):
     """An artifact is missing, unreadable or does not match its sha256."""
+
+
+class GossipError(CarmlError):
+    """Something in the membership protocol."""
+
+
+class CodecError(GossipError):
+    """Bytes that do not decode to a valid gossip packet or message; dropped and counted, never fatal."""
+
+
+class CryptoError(GossipError):
+    """A packet that cannot be opened with the cluster keyring; dropped and counted, never fatal."""
 
 
 class RequestError(CarmlError):

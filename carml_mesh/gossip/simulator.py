@@ -1,0 +1,184 @@
+"""N membership state machines over a simulated lossy network with a virtual clock, for tests and benchmarks.
+
+Packets go through the real codec (encode, then decode at the receiver), drop with probability ``loss`` and arrive
+after a random latency. TCP exchanges (fallback pings, push-pull) are reliable but fail across a partition or to a
+dead node, as a refused connection would. Everything is deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import codec
+from .config import GossipConfig
+from .messages import Address, State
+from .state import Effect, Event, Membership, PushPullWith, Send, TcpPing
+
+
+@dataclass
+class SimNode:
+    membership: Membership
+    up: bool = True
+    timer_token: int = 0
+    events: list[tuple[float, Event]] = field(default_factory=list)
+    bytes_out: int = 0
+    packets_out: int = 0
+
+
+class Simulation:
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        loss: float = 0.0,
+        latency: tuple[float, float] = (0.0002, 0.002),
+        config: Callable[[str, Address], GossipConfig] | None = None,
+    ) -> None:
+        self.now = 0.0
+        self.rng = random.Random(seed)
+        self.loss = loss
+        self.latency = latency
+        self.nodes: dict[str, SimNode] = {}
+        self.by_addr: dict[Address, str] = {}
+        self.partition: dict[str, int] = {}  # name -> side; nodes on different sides cannot talk
+        self._queue: list[tuple[float, int, Callable[[], None]]] = []
+        self._counter = itertools.count()
+        self._config = config or (lambda name, addr: GossipConfig(name=name, addr=addr))
+        self.dropped = 0
+
+    # --- building -------------------------------------------------------------------------------------------------
+
+    def add_node(self, name: str, *, meta: dict[str, Any] | None = None, join: str | None = None) -> SimNode:
+        addr = (f"10.0.{len(self.nodes) // 250}.{len(self.nodes) % 250 + 1}", 7946)
+        m = Membership(self._config(name, addr), meta=meta, now=self.now, rng=random.Random(self.rng.random()))
+        node = SimNode(m)
+        self.nodes[name] = node
+        self.by_addr[addr] = name
+        if join is not None:
+            self._apply(name, m.join([self.nodes[join].membership.config.addr]))
+        self._schedule_tick(name)
+        return node
+
+    def kill(self, name: str) -> None:
+        """A crash: the node stops answering and sending, with no goodbye."""
+        self.nodes[name].up = False
+
+    def leave(self, name: str) -> None:
+        node = self.nodes[name]
+        self._apply(name, node.membership.leave(self.now))
+        self._schedule_tick(name)
+
+    def update_meta(self, name: str, meta: dict[str, Any]) -> None:
+        self._apply(name, self.nodes[name].membership.update_meta(self.now, meta))
+        self._schedule_tick(name)
+
+    # --- running --------------------------------------------------------------------------------------------------
+
+    def run_until(self, t: float, stop: Callable[[], bool] | None = None) -> bool:
+        """Advance the clock to ``t``; stop early (and return True) once ``stop()`` holds."""
+        while self._queue and self._queue[0][0] <= t:
+            when, _, action = heapq.heappop(self._queue)
+            self.now = when
+            action()
+            if stop is not None and stop():
+                return True
+        self.now = t
+        return stop() if stop is not None else False
+
+    def at(self, delay: float, action: Callable[[], None]) -> None:
+        heapq.heappush(self._queue, (self.now + delay, next(self._counter), action))
+
+    # --- views ----------------------------------------------------------------------------------------------------
+
+    def view(self, observer: str, subject: str) -> State | None:
+        m = self.nodes[observer].membership.members.get(subject)
+        return m.state if m is not None else None
+
+    def live_names(self) -> list[str]:
+        return [n for n, node in self.nodes.items() if node.up and not node.membership.leaving]
+
+    def all_see(self, subject: str, states: tuple[State, ...], observers: list[str] | None = None) -> bool:
+        return all(self.view(o, subject) in states for o in (observers or self.live_names()) if o != subject)
+
+    # --- internals ------------------------------------------------------------------------------------------------
+
+    def _reachable(self, a: str, b: str) -> bool:
+        return self.nodes[b].up and self.partition.get(a, 0) == self.partition.get(b, 0)
+
+    def _schedule_tick(self, name: str) -> None:
+        node = self.nodes[name]
+        node.timer_token += 1
+        token = node.timer_token
+
+        def fire() -> None:
+            if node.up and node.timer_token == token:
+                self._apply(name, node.membership.tick(self.now))
+                self._schedule_tick(name)
+
+        heapq.heappush(self._queue, (max(self.now, node.membership.next_deadline()), next(self._counter), fire))
+
+    def _apply(self, name: str, effects: list[Effect]) -> None:
+        node = self.nodes[name]
+        m = node.membership
+        for effect in effects:
+            if isinstance(effect, Send):
+                self._send(name, effect)
+            elif isinstance(effect, TcpPing):
+                target = self.by_addr.get(effect.addr)
+                if (
+                    target is not None
+                    and self._reachable(name, target)
+                    and self.nodes[target].membership.name == effect.target
+                ):
+                    rtt = 2 * self.rng.uniform(*self.latency)
+                    self.at(rtt, lambda seq=effect.seq: self._deliver_ack(name, seq))
+            elif isinstance(effect, PushPullWith):
+                target = self.by_addr.get(effect.addr)
+                if target is not None and self._reachable(name, target):
+                    rtt = 2 * self.rng.uniform(*self.latency)
+                    self.at(rtt, lambda t=target, j=effect.join: self._push_pull(name, t, j))
+            elif isinstance(effect, Event):
+                node.events.append((self.now, effect))
+        if node.up:
+            self._schedule_tick(name)
+        del m
+
+    def _send(self, name: str, send: Send) -> None:
+        node = self.nodes[name]
+        if not node.up:
+            return
+        m = node.membership
+        data = codec.encode_packet_raw(m.config.cluster, m.name, send.messages)
+        node.bytes_out += len(data)
+        node.packets_out += 1
+        target = self.by_addr.get(send.addr)
+        if target is None or not self._reachable(name, target) or self.rng.random() < self.loss:
+            self.dropped += 1
+            return
+        self.at(self.rng.uniform(*self.latency), lambda: self._receive(target, m.config.addr, data))
+
+    def _receive(self, name: str, sender: Address, data: bytes) -> None:
+        node = self.nodes[name]
+        if not node.up:
+            return
+        _cluster, _sender, messages = codec.decode_packet(data)
+        self._apply(name, node.membership.handle(self.now, sender, messages))
+
+    def _deliver_ack(self, name: str, seq: int) -> None:
+        node = self.nodes[name]
+        if node.up:
+            self._apply(name, node.membership.handle_ack(self.now, seq))
+
+    def _push_pull(self, a: str, b: str, join: bool) -> None:
+        na, nb = self.nodes[a], self.nodes[b]
+        if not (na.up and nb.up):
+            return
+        mine = na.membership.local_state(join)
+        theirs = nb.membership.local_state()
+        self._apply(b, nb.membership.merge_remote_state(self.now, mine))
+        self._apply(a, na.membership.merge_remote_state(self.now, theirs))
