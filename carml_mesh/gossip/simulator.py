@@ -68,6 +68,24 @@ class Simulation:
         """A crash: the node stops answering and sending, with no goodbye."""
         self.nodes[name].up = False
 
+    def restart(self, name: str, *, meta: dict[str, Any] | None = None, join: str | None = None) -> SimNode:
+        """The process comes back at the same address with a fresh state machine (incarnation 0, knowing nobody),
+        and joins through ``join`` as the runtime does with its seeds."""
+        node = self.nodes[name]
+        old = node.membership
+        node.membership = Membership(
+            self._config(name, old.config.addr), meta=meta, now=self.now, rng=random.Random(self.rng.random())
+        )
+        node.up = True
+        if join is not None:
+            self.join(name, join)
+        self._schedule_tick(name)
+        return node
+
+    def join(self, name: str, via: str) -> None:
+        """``name`` pushes-pulls with ``via`` as a join does (what a seed retry or an mDNS discovery triggers)."""
+        self._apply(name, self.nodes[name].membership.join([self.nodes[via].membership.config.addr]))
+
     def leave(self, name: str) -> None:
         node = self.nodes[name]
         self._apply(name, node.membership.leave(self.now))

@@ -25,7 +25,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import codec
+from . import codec, crypto
 from .config import GossipConfig
 from .messages import (
     Ack,
@@ -139,11 +139,12 @@ class _Probe:
 
 @dataclass
 class _Relay:
-    """An IndirectPing we carry out for a peer."""
+    """An IndirectPing we carry out for a peer: forgotten after probe_timeout, with a Nack then if one was asked for."""
 
     source_addr: Address
     source_seq: int
-    nack_at: float | None
+    expires: float
+    nack: bool
 
 
 @dataclass
@@ -213,7 +214,8 @@ class Membership:
         self._relays: dict[int, _Relay] = {}
         self._suspicions: dict[str, _Suspicion] = {}
         self._broadcasts: list[_Broadcast] = []
-        self._overhead = codec.packet_overhead(config.cluster, self.name)
+        # the envelope plus the sealing (crypto.py), so that a sealed packet fits max_packet too (codec.message_budget)
+        self._overhead = codec.packet_overhead(config.cluster, self.name) + max(crypto.OVERHEAD, crypto.PLAIN_OVERHEAD)
         self._next_probe = now + self.rng.uniform(0, config.probe_interval)  # stagger peers' probe phases
         self._next_gossip = now + self.rng.uniform(0, config.gossip_interval)
         self._next_push_pull = now + self.rng.uniform(0, self._push_pull_interval())  # staggered, as memberlist
@@ -239,7 +241,7 @@ class Membership:
         else:
             deadlines.append(self._probe.end if self._probe.indirect_sent else self._probe.indirect_at)
         deadlines += [s.deadline() for s in self._suspicions.values()]
-        deadlines += [r.nack_at for r in self._relays.values() if r.nack_at is not None]
+        deadlines += [r.expires for r in self._relays.values()]
         return min(deadlines)
 
     # --- commands -------------------------------------------------------------------------------------------------
@@ -335,8 +337,7 @@ class Membership:
             effects.append(self._packet(sender, [codec.encode_message(Ack(msg.seq))]))
         elif isinstance(msg, IndirectPing):
             seq = self._next_seq()
-            nack_at = now + self.config.probe_timeout if msg.nack else None
-            self._relays[seq] = _Relay(sender, msg.seq, nack_at)
+            self._relays[seq] = _Relay(sender, msg.seq, now + self.config.probe_timeout, msg.nack)
             ping = Ping(seq, msg.target, self.name, self.config.addr)
             effects.append(self._packet(msg.target_addr, [codec.encode_message(ping)]))
         elif isinstance(msg, Ack):
@@ -523,7 +524,7 @@ class Membership:
 
     def _dead(self, now: float, d: Dead, effects: list[Effect]) -> None:
         if d.node == self.name:
-            if not self.leaving:
+            if not self.leaving and d.incarnation >= self.incarnation:  # a stale accusation is not refuted again
                 self._refute(d.incarnation)
             return
         m = self.members.get(d.node)
@@ -540,6 +541,9 @@ class Membership:
         effects.append(Event(EventKind.LEFT if left else EventKind.DEAD, m.snapshot()))
 
     def _refute(self, incarnation: int) -> None:
+        if max(self.incarnation, incarnation) >= codec.MAX_UINT64:  # no uint64 beats it: forged, cannot be refuted
+            self.stats.extra["unrefutable"] = self.stats.extra.get("unrefutable", 0) + 1
+            return
         self.incarnation = max(self.incarnation, incarnation) + 1
         self.members[self.name].incarnation = self.incarnation
         self.stats.refutations += 1
@@ -552,9 +556,10 @@ class Membership:
 
     def _expire_relays(self, now: float, effects: list[Effect]) -> None:
         for seq, relay in list(self._relays.items()):
-            if relay.nack_at is not None and now >= relay.nack_at:
+            if now >= relay.expires:
                 del self._relays[seq]
-                effects.append(self._packet(relay.source_addr, [codec.encode_message(Nack(relay.source_seq))]))
+                if relay.nack:
+                    effects.append(self._packet(relay.source_addr, [codec.encode_message(Nack(relay.source_seq))]))
 
     # --- dissemination --------------------------------------------------------------------------------------------
 
@@ -585,6 +590,8 @@ class Membership:
         if self._broadcasts and budget > 0:
             limit = retransmit_limit(self.config.retransmit_mult, len(self.members))
             for b in sorted(self._broadcasts, key=lambda b: (b.transmits, -b.order)):
+                if len(messages) >= codec.MAX_MESSAGES:  # a large max_packet must not make an unencodable packet
+                    break
                 if len(b.payload) + 1 > budget:
                     continue
                 budget -= len(b.payload) + 1

@@ -10,11 +10,12 @@ import os
 import signal
 import sys
 from collections.abc import Coroutine
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import CarmlError
+from ..errors import CarmlError, ConfigError
 from .config import DEFAULT_HOST, DEFAULT_PORT, NodeConfig, default_data_dir
 
 log = logging.getLogger("carml.node")
@@ -85,6 +86,54 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body accepted")
     p.add_argument("--request-timeout", type=float, default=30.0, help="seconds before a request fails with 503")
+    mesh = p.add_argument_group("mesh")
+    mesh.add_argument(
+        "--cluster",
+        default=_env("CLUSTER", "default"),
+        help="cluster name: meshes with other names on the LAN stay apart [CARML_CLUSTER]",
+    )
+    mesh.add_argument(
+        "--gossip-port",
+        type=int,
+        default=int(_env("GOSSIP_PORT", "7946") or 7946),
+        help="UDP and TCP port of the membership protocol [CARML_GOSSIP_PORT]",
+    )
+    mesh.add_argument(
+        "--cluster-key",
+        default=_env("CLUSTER_KEY"),
+        help="AES key(s), base64 or hex, comma-separated, the first one used to send; encrypts and "
+        "authenticates all gossip [CARML_CLUSTER_KEY]",
+    )
+    mesh.add_argument(
+        "--cluster-key-file",
+        type=Path,
+        default=_env("CLUSTER_KEY_FILE"),
+        help="file holding the key(s) [CARML_CLUSTER_KEY_FILE]",
+    )
+    mesh.add_argument(
+        "--join",
+        action="append",
+        default=None,
+        metavar="HOST:PORT",
+        help="a peer's gossip address to join (repeatable) [CARML_JOIN, comma-separated]",
+    )
+    mesh.add_argument(
+        "--no-mdns",
+        action="store_true",
+        default=_env("MDNS", "1") == "0",
+        help="do not discover peers with mDNS [CARML_MDNS=0]",
+    )
+    mesh.add_argument("--no-gossip", action="store_true", help="run alone, outside any mesh")
+    mesh.add_argument(
+        "--gossip-tuning",
+        default=_env("GOSSIP_TUNING", ""),
+        metavar="KEY=VALUE,...",
+        help="gossip timers, e.g. probe_interval=0.5,suspicion_mult=5 (memberlist's LAN profile by "
+        "default) [CARML_GOSSIP_TUNING]",
+    )
+    mesh.add_argument(
+        "--advertise", default=_env("ADVERTISE"), help="the address peers reach this node at (default: from --host)"
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
@@ -95,6 +144,13 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     kwargs: dict[str, Any] = {}
     if args.name:
         kwargs["name"] = args.name
+    key = args.cluster_key
+    if args.cluster_key_file:
+        try:
+            key = Path(args.cluster_key_file).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the cluster key file {args.cluster_key_file}: {exc.strerror}") from exc
+    joins = args.join if args.join is not None else [j for j in (_env("JOIN") or "").split(",") if j.strip()]
     return NodeConfig(
         host=args.host,
         port=args.port,
@@ -105,8 +161,43 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         worker_threads=args.worker_threads,
         max_body_bytes=int(args.max_body_mb * (1 << 20)),
         request_timeout=args.request_timeout,
+        gossip=not args.no_gossip,
+        gossip_port=args.gossip_port,
+        cluster=args.cluster,
+        cluster_key=key,
+        join=tuple(_address(j) for j in joins),
+        mdns=not args.no_mdns,
+        advertise=args.advertise,
+        gossip_overrides=_tuning(args.gossip_tuning),
         **kwargs,
     )
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--join {text!r}: give HOST:PORT, e.g. 10.0.0.5:7946")
+    return host.strip("[]"), int(port)
+
+
+def _tuning(text: str) -> tuple[tuple[str, float], ...]:
+    from ..gossip.config import GossipConfig
+
+    tunable = {f.name: f.type for f in fields(GossipConfig) if f.type in ("float", "int")}
+    out = []
+    for item in (i.strip() for i in text.split(",") if i.strip()):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in tunable:
+            raise ConfigError(f"unknown gossip setting {key!r}; tunable: {', '.join(sorted(tunable))}")
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if not number > 0:
+            raise ConfigError(f"gossip setting {key}: {value!r} must be a positive number")
+        out.append((key, int(number) if tunable[key] == "int" else number))
+    return tuple(out)
 
 
 async def serve(config: NodeConfig) -> None:

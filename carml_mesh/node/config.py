@@ -39,3 +39,12 @@ class NodeConfig:
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     devices: tuple[str, ...] = ()  # empty: detect
+    # the mesh
+    gossip: bool = True
+    gossip_port: int = 7946
+    cluster: str = "default"
+    cluster_key: str | None = None  # keyring text: base64 or hex keys, comma or newline separated
+    join: tuple[tuple[str, int], ...] = ()
+    mdns: bool = True
+    advertise: str | None = None  # the address peers reach us at; default: derived from host
+    gossip_overrides: tuple[tuple[str, float], ...] = ()  # GossipConfig timers, for tests and tuning

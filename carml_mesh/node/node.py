@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -20,11 +21,16 @@ from .. import __version__
 from ..errors import CarmlError, ConfigError
 from ..exec.base import Executor
 from ..exec.local import LocalExecutor, LocalExecutorConfig
+from ..gossip.config import GossipConfig
+from ..gossip.crypto import Keyring
+from ..gossip.mdns import local_ipv4_addresses
 from ..store.artifacts import ArtifactStore
 from . import hardware
+from .card import card_digest
 from .catalog import Catalog, ServedModel, build_catalog
 from .config import NodeConfig
 from .inference import InferenceService
+from .mesh import Mesh
 
 log = logging.getLogger("carml.node")
 
@@ -60,6 +66,7 @@ class Node:
         self.started_monotonic = time.monotonic()
         self.started_at = time.time()
         self.load_errors: dict[str, str] = {}
+        self.mesh: Mesh | None = None
         self._stack = contextlib.AsyncExitStack()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -128,6 +135,8 @@ class Node:
             config.host,
             self.port,
         )
+        if config.gossip:
+            self.mesh = await self._stack.enter_async_context(self._make_mesh())
         if config.preload:
             self._spawn(self._preload())
         else:
@@ -175,6 +184,70 @@ class Node:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, 9)
 
+    def _make_mesh(self) -> Mesh:
+        config = self.config
+        advertise = config.advertise or self._advertise_host()
+        overrides = dict(config.gossip_overrides)
+        gossip_config = replace(
+            GossipConfig(
+                name=self.id, addr=(advertise, config.gossip_port), cluster=config.cluster, bind_host=config.host
+            ),
+            **{k: (int(v) if isinstance(getattr(GossipConfig, k, None), int) else v) for k, v in overrides.items()},
+        )
+        try:
+            keyring = Keyring.from_text(config.cluster_key) if config.cluster_key else None
+        except CarmlError as exc:
+            raise ConfigError(f"cluster key: {exc}") from exc
+        return Mesh(
+            gossip_config, http_port=self.port, card=self.card, keyring=keyring, seeds=config.join, mdns=config.mdns
+        )
+
+    def _advertise_host(self) -> str:
+        host = self.config.host
+        if host not in ("0.0.0.0", "", "::"):
+            return host
+        addresses = local_ipv4_addresses()
+        return addresses[0] if addresses else "127.0.0.1"
+
+    def card(self) -> tuple[str, dict[str, Any]]:
+        """The stable part of what this node advertises, and its digest (load is not in it: it changes always)."""
+        assert self.executor is not None
+        card = {
+            "id": self.id,
+            "name": self.name,
+            "version": __version__,
+            "url": self.public_url(),
+            "hardware": self.hardware,
+            "executor": self.executor.kind,
+            "frameworks": [{"name": n, "version": v} for n, v in sorted(self.executor.frameworks().items())],
+            "devices": self.executor.devices(),
+            "models": [
+                {"name": m.name, "version": m.version, "framework": f, "sha256": d.sha256, "available": d.available}
+                for m in self.catalog
+                for f, d in m.deployments.items()
+            ],
+            "warm": self._warm(),
+        }
+        return card_digest(card), card
+
+    def _warm(self) -> list[str]:
+        return sorted(self._loaded_keys())
+
+    def _loaded_keys(self) -> list[str]:
+        assert self.executor is not None
+        keys = []
+        for m in self.catalog:
+            for f in m.available_frameworks():
+                for device in self.executor.devices():
+                    spec = m.model_spec(f, device)
+                    if self.executor.is_loaded(spec):
+                        keys.append(f"{m.name}@{m.version}/{f}/{device}")
+        return keys
+
+    def public_url(self) -> str:
+        host = self.config.advertise or (self._advertise_host() if self.config.gossip else None)
+        return f"http://{host}:{self.port}" if host else self.url()
+
     # --- views for the API -------------------------------------------------------------------------------------
 
     def url(self) -> str:
@@ -190,6 +263,10 @@ class Node:
             "url": self.url(),
             "pid": os.getpid(),
             "started_at": self.started_at,
+            "cluster": self.config.cluster if self.mesh else None,
+            "card_version": self.mesh.card_version if self.mesh else None,
+            "card_digest": self.card()[0],
+            "warm": self._warm(),
             "ready": self.ready,
             "hardware": self.hardware,
             "executor": self.executor.kind,

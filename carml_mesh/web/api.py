@@ -30,6 +30,7 @@ def _node(request: web.Request) -> Node:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/health", health)
     app.router.add_get("/api/node", node_info)
+    app.router.add_get("/api/cluster", cluster)
     app.router.add_get("/api/models", list_models)
     app.router.add_get("/api/models/{name}", get_model)
     app.router.add_post("/api/predict", predict)
@@ -59,6 +60,24 @@ async def health(request: web.Request) -> web.Response:
 
 async def node_info(request: web.Request) -> web.Response:
     return _reply(request, _node(request).info())
+
+
+async def cluster(request: web.Request) -> web.Response:
+    node = _node(request)
+    if node.mesh is None:
+        me = {"id": node.id, "self": True, "state": "alive", "card": None}
+        return _reply(
+            request,
+            {
+                "self": node.id,
+                "cluster": None,
+                "members": [me],
+                "gossip": None,
+                "discovery": None,
+                "note": "gossip is off on this node (--no-gossip)",
+            },
+        )
+    return _reply(request, node.mesh.cluster_view())
 
 
 async def list_models(request: web.Request) -> web.Response:

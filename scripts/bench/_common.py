@@ -33,6 +33,9 @@ def running_node(data_dir: Path, *extra: str) -> Iterator[str]:
         str(REPO / "manifests"),
         "--log-level",
         "WARNING",
+        "--gossip-port",
+        "0",
+        "--no-mdns",  # mDNS only ever inside the tests' own network namespaces
         *extra,
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO)

@@ -49,6 +49,9 @@ def start_node(tmp_path: Path, manifests: Path, *extra: str) -> RunningNode:
         str(manifests),
         "--log-level",
         "WARNING",
+        "--gossip-port",
+        "0",
+        "--no-mdns",  # mDNS only ever inside the tests' own network namespaces
         *extra,
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO)
@@ -184,6 +187,7 @@ def test_unusable_port_is_a_clear_error(tmp_path) -> None:
                 "--data-dir",
                 str(tmp_path),
                 "--lazy",
+                "--no-gossip",
             ],
             capture_output=True,
             text=True,

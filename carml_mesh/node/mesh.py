@@ -1,0 +1,190 @@
+"""The node's place in the mesh: gossip membership, mDNS discovery, and the peers' cards fetched over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from ..gossip.config import GossipConfig
+from ..gossip.crypto import Keyring
+from ..gossip.mdns import Discovered, MdnsDiscovery
+from ..gossip.messages import Address, MemberState, State
+from ..gossip.runtime import Gossip
+from ..gossip.state import Event, EventKind
+from .card import card_summary
+
+log = logging.getLogger("carml.mesh")
+CARD_FETCH_TIMEOUT = 5.0
+CARD_CHECK_INTERVAL = 1.0
+
+
+class Mesh:
+    """Owns the Gossip runtime and the mDNS discovery; keeps a card per member. ``async with`` starts and stops it."""
+
+    def __init__(
+        self,
+        gossip_config: GossipConfig,
+        *,
+        http_port: int,
+        card: Callable[[], tuple[str, dict[str, Any]]],
+        keyring: Keyring | None = None,
+        seeds: tuple[Address, ...] = (),
+        mdns: bool = True,
+    ) -> None:
+        self._card = card  # () -> (digest, card): the local card, recomputed cheaply
+        self.http_port = http_port
+        self.seeds = seeds
+        self.use_mdns = mdns
+        self.card_version = 0
+        self.card_digest = ""
+        self.cards: dict[str, dict[str, Any]] = {}  # member name -> its fetched card
+        self._card_digests: dict[str, str] = {}
+        self._gossip_config = gossip_config
+        self._keyring = keyring
+        self.gossip: Gossip = None  # type: ignore[assignment]  # made in __aenter__, with the first card
+        self.mdns: MdnsDiscovery | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._fetching: dict[str, asyncio.Task[None]] = {}
+
+    async def __aenter__(self) -> Mesh:
+        self.card_digest, _ = self._card()
+        self.card_version = 1
+        self.gossip = Gossip(self._gossip_config, keyring=self._keyring, meta=self._meta(), on_event=self._on_event)
+        await self.gossip.start()
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CARD_FETCH_TIMEOUT))
+        self._spawn(self._watch_card())
+        if self.seeds:
+            self._spawn(self._join(list(self.seeds)))
+        if self.use_mdns:
+            host, port = self.gossip.addr
+            self.mdns = MdnsDiscovery(
+                self.gossip.config.name,
+                self.gossip.config.cluster,
+                port,
+                self.http_port,
+                self._on_discovered,
+                addresses=None if host in ("0.0.0.0", "") else [host],
+            )
+            await self.mdns.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self.mdns is not None:
+            await self.mdns.aclose()
+        for task in list(self._tasks) + list(self._fetching.values()):
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._fetching.values(), return_exceptions=True)
+        if self.gossip is not None:
+            await self.gossip.aclose(leave=True)
+        if self._session is not None:
+            await self._session.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _meta(self) -> dict[str, Any]:
+        return {"v": self.card_version, "d": self.card_digest, "http": self.http_port}
+
+    async def _join(self, addrs: list[Address]) -> None:
+        joined = await self.gossip.join(addrs)
+        if joined == 0:
+            log.warning("could not join any of %s", ", ".join(f"{h}:{p}" for h, p in addrs))
+
+    def _on_discovered(self, found: Discovered) -> None:
+        known = {m.name for m in self.gossip.members() if m.state in (State.ALIVE, State.SUSPECT)}
+        if found.node_id in known:
+            return
+        addrs = [(a, found.gossip_port) for a in found.addresses if ":" not in a][:1]
+        if addrs:
+            log.info("mDNS found %s at %s:%d; joining", found.node_id, *addrs[0])
+            self._spawn(self._join(addrs))
+
+    async def _watch_card(self) -> None:
+        """Advertise a new card version when the local card's content changes (models loaded, unloaded...)."""
+        while True:
+            await asyncio.sleep(CARD_CHECK_INTERVAL)
+            digest, _ = self._card()
+            if digest != self.card_digest:
+                self.card_digest = digest
+                self.card_version += 1
+                self.gossip.update_meta(self._meta())
+
+    # --- peers' cards ---------------------------------------------------------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        member = event.member
+        if member.name == self.gossip.config.name:
+            return
+        if event.kind in (EventKind.JOIN, EventKind.UPDATE, EventKind.ALIVE):
+            digest = str(member.meta.get("d", ""))
+            if digest and digest != self._card_digests.get(member.name) and member.name not in self._fetching:
+                task = asyncio.ensure_future(self._fetch_card(member))
+                self._fetching[member.name] = task
+                task.add_done_callback(lambda _t, n=member.name: self._fetching.pop(n, None))
+        elif event.kind == EventKind.REAPED:
+            self.cards.pop(member.name, None)
+            self._card_digests.pop(member.name, None)
+        log.info("member %s: %s", member.name, event.kind.value)
+
+    async def _fetch_card(self, member: MemberState) -> None:
+        port = member.meta.get("http")
+        if not isinstance(port, int) or self._session is None:
+            return
+        url = f"http://{member.addr[0]}:{port}/api/node"
+        try:
+            async with self._session.get(url) as resp:
+                if resp.status != 200:
+                    raise aiohttp.ClientError(f"HTTP {resp.status}")
+                card = await resp.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.warning("cannot fetch the card of %s from %s: %s", member.name, url, exc)
+            return
+        if not isinstance(card, dict) or card.get("id") != member.name:
+            log.warning("%s answered with the card of %r, not %s", url, card.get("id"), member.name)
+            return
+        self.cards[member.name] = card
+        self._card_digests[member.name] = str(card.get("card_digest", member.meta.get("d")))
+
+    # --- views ----------------------------------------------------------------------------------------------------
+
+    def cluster_view(self) -> dict[str, Any]:
+        now = time.monotonic()
+        heard = self.gossip.heard
+        members = []
+        me = self.gossip.config.name
+        for m in sorted(self.gossip.members(), key=lambda m: m.name):
+            last = heard.get(m.addr)
+            card = self.cards.get(m.name) if m.name != me else self._card()[1]
+            members.append(
+                {
+                    "id": m.name,
+                    "self": m.name == me,
+                    "state": m.state.name.lower(),
+                    "incarnation": m.incarnation,
+                    "address": f"{m.addr[0]}:{m.addr[1]}",
+                    "http": f"http://{m.addr[0]}:{m.meta.get('http')}" if m.meta.get("http") else None,
+                    "card_version": m.meta.get("v"),
+                    "card_digest": m.meta.get("d"),
+                    "last_heard_s": None if m.name == me or last is None else round(now - last, 3),
+                    "card": card_summary(card),
+                }
+            )
+        return {
+            "self": me,
+            "cluster": self.gossip.config.cluster,
+            "encrypted": self.gossip.keyring is not None,
+            "members": members,
+            "gossip": self.gossip.statistics(),
+            "discovery": self.mdns.statistics() if self.mdns is not None else None,
+        }
