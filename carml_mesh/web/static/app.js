@@ -134,6 +134,41 @@ async function loadNode() {
   }
 }
 
+// ---------------------------------------------------------------- 2b. cluster (GET /api/cluster, every 2 s)
+
+const STATE_BADGE = { alive: "badge-ok", suspect: "badge-pending", dead: "badge-bad", left: "badge-pending" };
+
+function renderCluster(view) {
+  $("cluster-name").textContent = view.cluster ? `· ${view.cluster}${view.encrypted ? " · encrypted" : ""}` : "";
+  const rows = view.members.map((m) => {
+    const card = m.card || {};
+    const name = card.name || (m.self ? "this node" : "…");
+    const link = m.http && !m.self ? el("a", { href: m.http + "/", text: name }) : el("span", { text: name });
+    return el("tr", {},
+      el("td", {}, link, m.self ? el("span", { class: "muted", text: " (you)" }) : null),
+      el("td", {}, el("span", { class: `badge ${STATE_BADGE[m.state] || ""}`, text: m.state })),
+      el("td", {}, el("code", { text: m.address || "" })),
+      el("td", { text: card.cores ? `${card.cores} cores${card.gpus && card.gpus.length ? " · " + card.gpus.join(", ") : ""}` : "—" }),
+      el("td", { text: (card.frameworks || []).map((f) => `${f.name} ${f.version}`).join(", ") || "—" }),
+      el("td", { text: card.models ? String(card.models.length) : "—" }),
+      el("td", { text: card.warm ? card.warm.length ? card.warm.join(", ") : "none" : "—" }),
+      el("td", { text: m.last_heard_s === null || m.last_heard_s === undefined ? "—" : `${m.last_heard_s.toFixed(1)} s ago` }));
+  });
+  const head = ["Node", "State", "Gossip address", "Hardware", "Frameworks", "Models", "Warm", "Last heard"];
+  $("cluster").replaceChildren(el("table", { class: "cluster-table" },
+    el("thead", {}, el("tr", {}, ...head.map((h) => el("th", { scope: "col", text: h })))),
+    el("tbody", {}, ...rows)));
+}
+
+async function loadCluster() {
+  try {
+    renderCluster(await api("/api/cluster"));
+  } catch (err) {
+    $("cluster").replaceChildren(el("p", { class: "muted", text: `Cluster view unavailable: ${err.message}` }));
+  }
+  setTimeout(loadCluster, 2000);
+}
+
 // ---------------------------------------------------------------- 3. models
 
 const state = { models: [], items: [], samples: [], busy: false };
@@ -434,6 +469,7 @@ function init() {
   wireDropZone();
   renderTray();
   loadNode();
+  loadCluster();
   loadModels();
   loadSamples();
 }
