@@ -28,6 +28,9 @@ class GossipConfig:
     push_pull_interval: float = 30.0
     awareness_max_multiplier: int = 8
     tcp_fallback: bool = True  # memberlist's DisableTcpPings = false
+    # Serf's reconnect: push-pull with a random failed member now and then, so a healed partition merges again
+    reconnect_interval: float = 30.0
+    reconnect_timeout: float = 24 * 3600.0  # how long a failed member stays a reconnect candidate
     tcp_timeout: float = 10.0
     max_packet: int = 1400
     leave_propagate_delay: float = 1.0  # how long a graceful leave keeps gossiping its own departure

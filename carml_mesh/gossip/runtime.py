@@ -341,8 +341,9 @@ class Gossip:
                 if isinstance(msg, Ping) and (not msg.target or msg.target == m.name):
                     replies.append(Ack(msg.seq))
                 elif isinstance(msg, PushPull):
-                    replies.append(m.local_state())
+                    # merge first: if the caller's view has us dead, our answer already carries the refutation
                     self._apply(m.merge_remote_state(self._now(), msg))
+                    replies.append(m.local_state())
             if replies:
                 writer.write(codec.frame(self._seal([codec.encode_message(x) for x in replies])))
                 await writer.drain()

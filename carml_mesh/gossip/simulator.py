@@ -197,6 +197,6 @@ class Simulation:
         if not (na.up and nb.up):
             return
         mine = na.membership.local_state(join)
-        theirs = nb.membership.local_state()
         self._apply(b, nb.membership.merge_remote_state(self.now, mine))
+        theirs = nb.membership.local_state()  # answered after merging, as the runtime does
         self._apply(a, na.membership.merge_remote_state(self.now, theirs))

@@ -218,7 +218,11 @@ class Membership:
         self._overhead = codec.packet_overhead(config.cluster, self.name) + max(crypto.OVERHEAD, crypto.PLAIN_OVERHEAD)
         self._next_probe = now + self.rng.uniform(0, config.probe_interval)  # stagger peers' probe phases
         self._next_gossip = now + self.rng.uniform(0, config.gossip_interval)
-        self._next_push_pull = now + self.rng.uniform(0, self._push_pull_interval())  # staggered, as memberlist
+        self._next_push_pull = now + self.rng.uniform(0, self._push_pull_interval())
+        self._next_reconnect = now + config.reconnect_interval
+        self._failed: dict[
+            str, tuple[Address, float]
+        ] = {}  # dead (not left) members: reconnect candidates  # staggered, as memberlist
 
     # --- queries --------------------------------------------------------------------------------------------------
 
@@ -235,7 +239,7 @@ class Membership:
         """The earliest time ``tick`` has something to do."""
         if self.leaving:
             return self._next_gossip
-        deadlines = [self._next_gossip, self._next_push_pull]
+        deadlines = [self._next_gossip, self._next_push_pull, self._next_reconnect]
         if self._probe is None:
             deadlines.append(self._next_probe)
         else:
@@ -253,7 +257,7 @@ class Membership:
     def update_meta(self, now: float, meta: dict[str, Any]) -> list[Effect]:
         """Advertise a new node card digest: a higher incarnation carries it over the old one everywhere."""
         self.meta = dict(meta)
-        self.incarnation += 1
+        self.incarnation = min(self.incarnation + 1, codec.MAX_UINT64)  # forged news may have pushed us to the top
         me = self.members[self.name]
         me.incarnation, me.meta = self.incarnation, dict(self.meta)
         self._queue_broadcast(self.name, Alive(self.incarnation, self.name, self.config.addr, dict(self.meta)))
@@ -282,20 +286,34 @@ class Membership:
                 self._next_gossip = now + self.config.gossip_interval
             return effects
         self._expire_relays(now, effects)
-        self._expire_suspicions(now, effects)
         if self._probe is not None:
             self._advance_probe(now, effects)
+        # after the probe: its failure may confirm a suspicion and bring that deadline to now or before
+        self._expire_suspicions(now, effects)
         if now >= self._next_probe and self._probe is None:
             self._start_probe(now, effects)
         if now >= self._next_gossip:
             self._gossip(now, effects)
             self._next_gossip = now + self.config.gossip_interval
+        if now >= self._next_reconnect:
+            self._next_reconnect = now + self.config.reconnect_interval
+            self._reconnect(now, effects)
         if now >= self._next_push_pull:
             self._next_push_pull = now + self._push_pull_interval()
             peers = [m for m in self._others() if m.state == State.ALIVE]
             if peers:
                 effects.append(PushPullWith(self.rng.choice(peers).addr, False))
         return effects
+
+    def _reconnect(self, now: float, effects: list[Effect]) -> None:
+        """Serf's reconnect: a failed member may be back (a healed partition, a rebooted machine); push-pull with
+        one at random. If it is back, it refutes its death on merging our view, and answers with its refutation."""
+        for name, (_addr, since) in list(self._failed.items()):
+            if now - since > self.config.reconnect_timeout:
+                del self._failed[name]
+        if self._failed:
+            name = self.rng.choice(sorted(self._failed))
+            effects.append(PushPullWith(self._failed[name][0], False))
 
     # --- input ----------------------------------------------------------------------------------------------------
 
@@ -468,6 +486,7 @@ class Membership:
         if m is None:
             m = Member(a.node, a.addr, a.incarnation, State.ALIVE, dict(a.meta), now)
             self.members[a.node] = m
+            self._failed.pop(a.node, None)
             # insert at a random place in the probe round so a joiner is probed within one round
             self._probe_list.insert(self.rng.randint(self._probe_index, len(self._probe_list)), a.node)
             self._queue_broadcast(a.node, a)
@@ -478,6 +497,7 @@ class Membership:
             return
         old_state, changed = m.state, (a.addr != m.addr or a.meta != m.meta)
         self._suspicions.pop(a.node, None)
+        self._failed.pop(a.node, None)
         m.incarnation, m.addr, m.meta, m.state = a.incarnation, a.addr, dict(a.meta), State.ALIVE
         if old_state != State.ALIVE:
             m.state_change = now
@@ -536,6 +556,8 @@ class Membership:
             return
         left = d.source == d.node
         m.incarnation, m.state, m.state_change = d.incarnation, State.LEFT if left else State.DEAD, now
+        if not left:
+            self._failed[d.node] = (m.addr, now)
         self.stats.deaths += not left
         self._queue_broadcast(d.node, d)
         effects.append(Event(EventKind.LEFT if left else EventKind.DEAD, m.snapshot()))
