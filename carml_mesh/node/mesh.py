@@ -20,7 +20,7 @@ from .card import card_summary
 
 log = logging.getLogger("carml.mesh")
 CARD_FETCH_TIMEOUT = 5.0
-CARD_CHECK_INTERVAL = 1.0
+CARD_CHECK_INTERVAL = 1.0  # also the LOAD_INTERVAL: how often load changes may be gossiped
 
 
 class Mesh:
@@ -35,8 +35,11 @@ class Mesh:
         keyring: Keyring | None = None,
         seeds: tuple[Address, ...] = (),
         mdns: bool = True,
+        load: Callable[[], int] | None = None,
     ) -> None:
         self._card = card  # () -> (digest, card): the local card, recomputed cheaply
+        self._load = load or (lambda: 0)  # () -> requests in flight on this node
+        self._load_value = 0
         self.http_port = http_port
         self.seeds = seeds
         self.use_mdns = mdns
@@ -94,7 +97,9 @@ class Mesh:
         task.add_done_callback(self._tasks.discard)
 
     def _meta(self) -> dict[str, Any]:
-        return {"v": self.card_version, "d": self.card_digest, "http": self.http_port}
+        # "l": requests in flight here; it rides in gossip (not in the card's digest) so that routers see load
+        # without refetching cards, refreshed at most every LOAD_INTERVAL
+        return {"v": self.card_version, "d": self.card_digest, "http": self.http_port, "l": self._load_value}
 
     async def _join(self, addrs: list[Address]) -> None:
         joined = await self.gossip.join(addrs)
@@ -111,13 +116,17 @@ class Mesh:
             self._spawn(self._join(addrs))
 
     async def _watch_card(self) -> None:
-        """Advertise a new card version when the local card's content changes (models loaded, unloaded...)."""
+        """Advertise a new card version when the local card's content changes (models loaded, unloaded...), and
+        the load when it changed; each check is cheap, each change one gossip broadcast."""
         while True:
             await asyncio.sleep(CARD_CHECK_INTERVAL)
             digest, _ = self._card()
-            if digest != self.card_digest:
-                self.card_digest = digest
-                self.card_version += 1
+            load = self._load()
+            if digest != self.card_digest or load != self._load_value:
+                if digest != self.card_digest:
+                    self.card_digest = digest
+                    self.card_version += 1
+                self._load_value = load
                 self.gossip.update_meta(self._meta())
 
     # --- peers' cards ---------------------------------------------------------------------------------------------
@@ -176,6 +185,7 @@ class Mesh:
                     "http": f"http://{m.addr[0]}:{m.meta.get('http')}" if m.meta.get("http") else None,
                     "card_version": m.meta.get("v"),
                     "card_digest": m.meta.get("d"),
+                    "load": m.meta.get("l"),
                     "last_heard_s": None if m.name == me or last is None else round(now - last, 3),
                     "card": card_summary(card),
                 }

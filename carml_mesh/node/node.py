@@ -199,7 +199,13 @@ class Node:
         except CarmlError as exc:
             raise ConfigError(f"cluster key: {exc}") from exc
         return Mesh(
-            gossip_config, http_port=self.port, card=self.card, keyring=keyring, seeds=config.join, mdns=config.mdns
+            gossip_config,
+            http_port=self.port,
+            card=self.card,
+            keyring=keyring,
+            seeds=config.join,
+            mdns=config.mdns,
+            load=self.in_flight,
         )
 
     def _advertise_host(self) -> str:
@@ -229,6 +235,11 @@ class Node:
             "warm": self._warm(),
         }
         return card_digest(card), card
+
+    def in_flight(self) -> int:
+        """Requests running on this node's workers now."""
+        assert self.executor is not None
+        return sum(int(w.get("in_flight", 0)) for w in self.executor.statistics().get("workers", []))
 
     def _warm(self) -> list[str]:
         return sorted(self._loaded_keys())
@@ -267,6 +278,7 @@ class Node:
             "card_version": self.mesh.card_version if self.mesh else None,
             "card_digest": self.card()[0],
             "warm": self._warm(),
+            "load": {"in_flight": self.in_flight()},
             "ready": self.ready,
             "hardware": self.hardware,
             "executor": self.executor.kind,

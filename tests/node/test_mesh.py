@@ -91,6 +91,7 @@ async def test_three_nodes_join_share_cards_and_leave(models_dir, tmp_path) -> N
             assert "efficientnet-lite0@1.0.0" in by_id[b.id]["card"]["models"]
             assert by_id[a.id]["address"] == "{}:{}".format(*gossip_addr(a))
             assert view["gossip"]["packets_in"] > 0 and view["gossip"]["dropped"] == {}
+            assert by_id[a.id]["load"] == 0  # requests in flight, gossiped in the member's meta
             # a card change (a model becomes warm) reaches the others with a new version
             before = next(m for m in a.mesh.cluster_view()["members"] if m["id"] == b.id)["card_version"]
             async with aiohttp.ClientSession() as http:
