@@ -50,6 +50,7 @@ async def node(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> As
         name="test-node",
         max_body_bytes=8 << 20,
         max_image_pixels=30_000_000,
+        executor="local",  # the Docker executor has its own tests
         gossip_port=0,
         mdns=False,  # mDNS only ever inside the tests' own network namespaces
     )

@@ -93,7 +93,7 @@ class LocalExecutor(Executor):
 
     async def _load_into(self, worker: WorkerProcess, model: ModelSpec) -> float:
         reply = await worker.request(
-            {"op": "load", "model": model.key, "path": model.path, "spec": model.spec},
+            {"op": "load", "model": model.key, "path": self.worker_path(model), "spec": model.spec},
             timeout=self.config.start_timeout,
         )
         worker.loaded.add(model.key)
@@ -138,19 +138,27 @@ class LocalExecutor(Executor):
                 await slot.worker.aclose()
                 slot.restarts += 1
             safe = f"{framework}-{device}".replace(":", "")
-            worker = WorkerProcess(
-                framework,
-                device,
-                self.run_dir / f"{safe}.sock",
-                threads=self.config.threads,
-                pool=self.config.pool,
-                max_pixels=self.config.max_pixels,
-                start_timeout=self.config.start_timeout,
-            )
+            worker = self._new_worker(framework, device, self.run_dir / f"{safe}.sock")
             await worker.start()
             slot.worker = worker
             self._spawn(self._supervise(framework, device, worker))
             return worker
+
+    def _new_worker(self, framework: str, device: str, socket_path: Path) -> WorkerProcess:
+        """A worker of this executor's kind: here a subprocess; the Docker executor makes containers."""
+        return WorkerProcess(
+            framework,
+            device,
+            socket_path,
+            threads=self.config.threads,
+            pool=self.config.pool,
+            max_pixels=self.config.max_pixels,
+            start_timeout=self.config.start_timeout,
+        )
+
+    def worker_path(self, model: ModelSpec) -> str:
+        """The artifact's path as the worker sees it."""
+        return model.path
 
     async def _supervise(self, framework: str, device: str, worker: WorkerProcess) -> None:
         """Restart a crashed worker and reload what it had, so the next request finds its models warm."""
@@ -193,6 +201,7 @@ class LocalExecutor(Executor):
                     "framework": framework,
                     "device": device,
                     "pid": w.pid if w else None,
+                    "ident": w.ident if w else None,
                     "alive": bool(w and w.alive),
                     "in_flight": w.in_flight if w else 0,
                     "restarts": slot.restarts,

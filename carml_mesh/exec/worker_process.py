@@ -1,4 +1,9 @@
-"""One worker subprocess seen from the node: start, request/reply over a Unix socket, crash detection, close."""
+"""One worker seen from the node: start, request/reply over a Unix socket, crash detection, close.
+
+The worker may be a subprocess or a container (see launch.py); it connects to a socket the node listens on, so the
+same readiness signal (its hello frame) and the same crash detection (socket closed, process or container exited)
+serve both.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,12 @@ import contextlib
 import itertools
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from ..errors import WorkerUnavailable
 from .base import error_from_worker
+from .launch import Launcher, SubprocessLauncher
 from .worker import protocol
 
 log = logging.getLogger("carml.exec")
@@ -29,7 +34,9 @@ class WorkerProcess:
         framework: str,
         device: str,
         socket_path: Path,
+        launcher: Launcher | None = None,
         *,
+        connect_path: str | None = None,
         threads: int = 0,
         pool: int = 2,
         max_pixels: int = 40_000_000,
@@ -37,11 +44,23 @@ class WorkerProcess:
     ) -> None:
         self.framework, self.device = framework, device
         self.socket_path = socket_path
-        self._args = ["--threads", str(threads), "--pool", str(pool), "--max-pixels", str(max_pixels)]
+        self.launcher = launcher or SubprocessLauncher()
+        self._connect_path = connect_path  # the socket as the worker sees it (inside a container: a bind mount)
+        self._args = [
+            "--framework",
+            framework,
+            "--device",
+            device,
+            "--threads",
+            str(threads),
+            "--pool",
+            str(pool),
+            "--max-pixels",
+            str(max_pixels),
+        ]
         self._start_timeout = start_timeout
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._proc: asyncio.subprocess.Process | None = None
         self._server: asyncio.Server | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -53,7 +72,11 @@ class WorkerProcess:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        return self.launcher.pid if isinstance(self.launcher, SubprocessLauncher) else None
+
+    @property
+    def ident(self) -> str | None:
+        return self.launcher.ident
 
     @property
     def alive(self) -> bool:
@@ -77,28 +100,17 @@ class WorkerProcess:
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         self._server = await asyncio.start_unix_server(on_connect, path=str(self.socket_path))
-        os.chmod(self.socket_path, 0o600)
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "carml_mesh.exec.worker",
-            "--connect",
-            str(self.socket_path),
-            "--framework",
-            self.framework,
-            "--device",
-            self.device,
-            *self._args,
-            stdin=asyncio.subprocess.DEVNULL,
-        )
-        exited = asyncio.ensure_future(self._proc.wait())
+        os.chmod(self.socket_path, self.launcher.socket_mode)
+        exited: asyncio.Future[int] | None = None
         try:
+            await self.launcher.launch(Path(self._connect_path or self.socket_path), self._args)
+            exited = asyncio.ensure_future(self.launcher.wait())
             # Readiness is the worker's hello on the socket, raced against its exit: never a sleep.
             async with asyncio.timeout(self._start_timeout):
                 done, _ = await asyncio.wait({connected, exited}, return_when=asyncio.FIRST_COMPLETED)
                 if connected not in done:
                     raise WorkerUnavailable(
-                        f"{self.framework} worker exited with status {self._proc.returncode} before it was ready "
+                        f"{self.framework} worker exited with status {exited.result()} before it was ready "
                         f"(is {self.framework} installed?)"
                     )
                 reader, writer = connected.result()
@@ -110,7 +122,8 @@ class WorkerProcess:
                 f"{self.framework} worker did not start within {self._start_timeout:.0f} s"
             ) from None
         except BaseException:
-            exited.cancel()
+            if exited is not None:
+                exited.cancel()
             await self.aclose()
             raise
         # one connection is all we take: stop listening so nothing else can reach this socket
@@ -118,7 +131,7 @@ class WorkerProcess:
         self._writer = writer
         self._spawn(self._read_replies(reader))
         self._spawn(self._watch_exit(exited))
-        log.info("%s/%s worker pid %s ready", self.framework, self.device, self._proc.pid)
+        log.info("%s/%s worker %s ready", self.framework, self.device, self.ident)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -157,8 +170,7 @@ class WorkerProcess:
             self._mark_dead("connection closed")
         except protocol.ProtocolError as exc:
             self._mark_dead(f"protocol error: {exc}")
-            if self._proc and self._proc.returncode is None:
-                self._proc.kill()
+            self._spawn(self.launcher.stop(0))
 
     async def _watch_exit(self, exited: asyncio.Future[int]) -> None:
         code = await exited
@@ -170,7 +182,7 @@ class WorkerProcess:
         self.exit_reason = reason
         self.died.set()
         if not self._closing:
-            log.warning("%s/%s worker pid %s died: %s", self.framework, self.device, self.pid, reason)
+            log.warning("%s/%s worker %s died: %s", self.framework, self.device, self.ident, reason)
         error = WorkerUnavailable(f"{self.framework} worker died ({reason}); retry shortly, it is being restarted")
         for future in self._pending.values():
             if not future.done():
@@ -180,20 +192,14 @@ class WorkerProcess:
     async def aclose(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
         """Ask the worker to stop, kill it if it does not within ``timeout``; safe to call twice."""
         self._closing = True
-        proc = self._proc
         if self._writer is not None and not self._writer.is_closing():
             with contextlib.suppress(ConnectionError, RuntimeError):
                 self._writer.write(protocol.pack({"op": "shutdown"}))
             self._writer.close()
-        if proc is not None and proc.returncode is None:
-            try:
-                async with asyncio.timeout(timeout):
-                    await proc.wait()
-            except TimeoutError:
-                log.warning("%s worker pid %s did not stop in %.1f s; killing it", self.framework, proc.pid, timeout)
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+        try:
+            await self.launcher.stop(timeout)
+        except Exception as exc:  # an engine error while stopping must not stop the node's shutdown
+            log.warning("%s worker %s: stopping it failed: %s", self.framework, self.ident, exc)
         self._mark_dead("closed")
         for task in list(self._tasks):
             task.cancel()

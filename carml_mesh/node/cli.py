@@ -86,6 +86,24 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body accepted")
     p.add_argument("--request-timeout", type=float, default=30.0, help="seconds before a request fails with 503")
+    ex = p.add_argument_group("execution")
+    ex.add_argument(
+        "--executor",
+        choices=("auto", "local", "docker"),
+        default=_env("EXECUTOR", "auto"),
+        help="where workers run: docker containers, local processes, or auto (docker when an engine "
+        "answers and the worker images exist) [CARML_EXECUTOR]",
+    )
+    ex.add_argument(
+        "--docker-mode",
+        choices=("warm", "cold"),
+        default=_env("DOCKER_MODE", "warm"),
+        help="warm: a long-lived container per framework and device; cold: a container per request "
+        "(the seed's way) [CARML_DOCKER_MODE]",
+    )
+    ex.add_argument("--docker-url", default=_env("DOCKER_URL"), help="the engine (default: $DOCKER_HOST)")
+    ex.add_argument("--docker-memory-mb", type=int, default=4096, help="memory limit per worker container")
+    ex.add_argument("--docker-cpus", type=float, default=0.0, help="CPU limit per worker container (0: none)")
     mesh = p.add_argument_group("mesh")
     mesh.add_argument(
         "--cluster",
@@ -161,6 +179,11 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         worker_threads=args.worker_threads,
         max_body_bytes=int(args.max_body_mb * (1 << 20)),
         request_timeout=args.request_timeout,
+        executor=args.executor,
+        docker_url=args.docker_url,
+        docker_mode=args.docker_mode,
+        docker_memory_bytes=args.docker_memory_mb << 20,
+        docker_cpus=args.docker_cpus,
         gossip=not args.no_gossip,
         gossip_port=args.gossip_port,
         cluster=args.cluster,

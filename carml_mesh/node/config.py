@@ -29,7 +29,11 @@ class NodeConfig:
     manifests_dirs: tuple[Path, ...] = ()
     samples_dir: Path | None = None
     name: str = field(default_factory=socket.gethostname)
-    executor: str = "local"
+    executor: str = "auto"  # auto | local | docker
+    docker_url: str | None = None  # default: $DOCKER_HOST or the engine's default socket
+    docker_mode: str = "warm"  # warm: a long-lived container per (image, device); cold: one per request
+    docker_memory_bytes: int = 4 << 30
+    docker_cpus: float = 0.0
     preload: bool = True  # load every servable model at start, as a serving system does
     worker_threads: int = 0
     worker_pool: int = 2

@@ -18,7 +18,7 @@ from typing import Any, Self
 from aiohttp import web
 
 from .. import __version__
-from ..errors import CarmlError, ConfigError
+from ..errors import CarmlError, ConfigError, WorkerUnavailable
 from ..exec.base import Executor
 from ..exec.local import LocalExecutor, LocalExecutorConfig
 from ..gossip.config import GossipConfig
@@ -98,16 +98,7 @@ class Node:
         run_dir = Path(tempfile.mkdtemp(prefix="carml-run-"))
         self._stack.callback(shutil.rmtree, run_dir, True)
         devices = list(config.devices) or (["cpu"] + [f"cuda:{g['index']}" for g in self.hardware["gpus"]])
-        if config.executor != "local":
-            raise ConfigError(f"executor {config.executor!r} is not available; use 'local'")
-        executor = LocalExecutor(
-            run_dir,
-            LocalExecutorConfig(
-                threads=config.worker_threads, pool=config.worker_pool, max_pixels=config.max_image_pixels
-            ),
-            devices=devices,
-        )
-        self.executor = await self._stack.enter_async_context(executor)
+        self.executor = executor = await self._open_executor(run_dir, store.root, devices)
         self.catalog = await build_catalog(list(config.manifests_dirs), store, executor.frameworks())
         for problem in self.catalog.problems:
             log.warning("manifest problem: %s", problem)
@@ -141,6 +132,49 @@ class Node:
             self._spawn(self._preload())
         else:
             self._set_ready()
+
+    async def _open_executor(self, run_dir: Path, store_dir: Path, devices: list[str]) -> Executor:
+        """local, docker, or auto: Docker when an engine answers and worker images exist, else local workers."""
+        config = self.config
+        local = LocalExecutorConfig(
+            threads=config.worker_threads, pool=config.worker_pool, max_pixels=config.max_image_pixels
+        )
+        if config.executor not in ("auto", "local", "docker"):
+            raise ConfigError(f"executor {config.executor!r}: use auto, local or docker")
+        if config.executor in ("auto", "docker"):
+            from ..exec.docker import DockerConfig, DockerExecutor
+
+            docker = DockerExecutor(
+                run_dir,
+                store_dir,
+                self.id,
+                local,
+                DockerConfig(
+                    url=config.docker_url,
+                    mode=config.docker_mode,
+                    memory_bytes=config.docker_memory_bytes,
+                    cpus=config.docker_cpus,
+                ),
+                devices=devices,
+            )
+            try:
+                await docker.start()
+            except WorkerUnavailable as exc:
+                if config.executor == "docker":
+                    raise ConfigError(str(exc)) from exc
+                log.info("executor auto: %s; running workers as local processes", exc)
+            else:
+                if docker.images or config.executor == "docker":
+                    self._stack.push_async_callback(docker.aclose)
+                    log.info(
+                        "executor: docker (%s mode), images: %s",
+                        config.docker_mode,
+                        ", ".join(v["image"] for v in docker.images.values()) or "none",
+                    )
+                    return docker
+                await docker.aclose()
+                log.info("executor auto: the Docker engine has no worker images; running local workers")
+        return await self._stack.enter_async_context(LocalExecutor(run_dir, local, devices=devices))
 
     async def _preload(self) -> None:
         assert self.executor is not None

@@ -36,6 +36,8 @@ def running_node(data_dir: Path, *extra: str) -> Iterator[str]:
         "--gossip-port",
         "0",
         "--no-mdns",  # mDNS only ever inside the tests' own network namespaces
+        "--executor",
+        "local",
         *extra,
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO)

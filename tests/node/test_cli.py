@@ -52,6 +52,8 @@ def start_node(tmp_path: Path, manifests: Path, *extra: str) -> RunningNode:
         "--gossip-port",
         "0",
         "--no-mdns",  # mDNS only ever inside the tests' own network namespaces
+        "--executor",
+        "local",
         *extra,
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO)

@@ -43,6 +43,8 @@ def start(host: netns.Host, tmp: Path, name: str, cluster: str) -> tuple[subproc
             "--manifests",
             str(tmp / "none"),
             "--lazy",
+            "--executor",
+            "local",
             "--name",
             name,
             "--cluster",
