@@ -259,6 +259,7 @@ class Node:
             "url": self.public_url(),
             "hardware": self.hardware,
             "executor": self.executor.kind,
+            "images": self.executor.statistics().get("images", {}),
             "frameworks": [{"name": n, "version": v} for n, v in sorted(self.executor.frameworks().items())],
             "devices": self.executor.devices(),
             "models": [
@@ -316,6 +317,7 @@ class Node:
             "ready": self.ready,
             "hardware": self.hardware,
             "executor": self.executor.kind,
+            "images": self.executor.statistics().get("images", {}),
             "frameworks": [{"name": n, "version": v} for n, v in sorted(self.executor.frameworks().items())],
             "devices": self.executor.devices(),
             "limits": {

@@ -96,6 +96,8 @@ async def test_warm_containers_classify_the_cat_sandboxed(engine, models_dir, ca
     async with running(node_config(tmp_path, models_dir)) as (node, http):
         info = node.info()
         assert info["executor"] == "docker"
+        assert info["images"]["onnxruntime/cpu"]["image"] == "carml-worker:onnxruntime-cpu"
+        assert node.card()[1]["images"]["pytorch/cpu"]["version"].startswith("2.13.0")  # advertised to the mesh
         for framework in ("onnxruntime", "pytorch"):
             status, doc = await predict(http, cat_jpeg, framework)
             assert status == 200, doc
