@@ -74,7 +74,7 @@ class InferenceService:
             raise NotFound(f"no device of this node ({', '.join(self.executor.devices())}) suits {model.name}")
         return model.model_spec(framework, device)
 
-    async def predict(self, request: PredictRequest) -> dict[str, Any]:
+    async def predict(self, request: PredictRequest, *, timeout: float | None = None) -> dict[str, Any]:
         started = time.perf_counter()
         model = self.catalog.get(request.model, request.version)
         spec = self.select(model, request.framework, request.device)
@@ -103,7 +103,7 @@ class InferenceService:
                 tensors[model.manifest.inputs[0].name] = tensors.pop("")
             tensors = check_tensors(model, tensors)
             message["tensors"] = {name: encode_tensor(t) for name, t in tensors.items()}
-        reply = await self.executor.infer(spec, message, timeout=self.timeout)
+        reply = await self.executor.infer(spec, message, timeout=timeout or self.timeout)
         total = (time.perf_counter() - started) * 1e3
         results = _results(reply, batch, classify)
         t = reply.get("timings", {})
@@ -143,6 +143,7 @@ class InferenceService:
         *,
         framework: str | None = None,
         device: str | None = None,
+        timeout: float | None = None,
     ) -> tuple[ServedModel, ModelSpec, dict[str, np.ndarray]]:
         """Raw tensors in, raw tensors out (the Open Inference Protocol path)."""
         model = self.catalog.get(name, version)
@@ -154,7 +155,7 @@ class InferenceService:
         message: dict[str, Any] = {"tensors": {n: encode_tensor(t) for n, t in tensors.items()}}
         if outputs:
             message["outputs"] = outputs
-        reply = await self.executor.infer(spec, message, timeout=self.timeout)
+        reply = await self.executor.infer(spec, message, timeout=timeout or self.timeout)
         try:
             decoded = {n: decode_tensor(t) for n, t in reply.get("outputs", {}).items()}
         except ProtocolError as exc:

@@ -29,8 +29,10 @@ from . import hardware
 from .card import card_digest
 from .catalog import Catalog, ServedModel, build_catalog
 from .config import NodeConfig
+from .forward import Forwarder
 from .inference import InferenceService
 from .mesh import Mesh
+from .routing import RoutedInference
 
 log = logging.getLogger("carml.node")
 
@@ -67,6 +69,7 @@ class Node:
         self.started_at = time.time()
         self.load_errors: dict[str, str] = {}
         self.mesh: Mesh | None = None
+        self.routed: RoutedInference = None  # type: ignore[assignment]  # set in __aenter__
         self._stack = contextlib.AsyncExitStack()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -128,6 +131,10 @@ class Node:
         )
         if config.gossip:
             self.mesh = await self._stack.enter_async_context(self._make_mesh())
+        forwarder = await self._stack.enter_async_context(Forwarder(self.id))
+        self.routed = RoutedInference(
+            self.id, self.inference, self.mesh, forwarder, warm=self._warm, load=self.in_flight
+        )
         if config.preload:
             self._spawn(self._preload())
         else:
@@ -330,6 +337,7 @@ class Node:
             "problems": [str(p) for p in self.catalog.problems],
             "load_errors": self.load_errors,
             "workers": self.executor.statistics().get("workers", []),
+            "routing": self.routed.statistics() if self.routed is not None else None,
         }
 
     def describe_model(self, model: ServedModel, *, brief: bool = False) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import BodyPartReader, web
 
 from ..errors import BadRequest, PayloadTooLarge
+from ..node.forward import FORWARDED, TIMEOUT_MS, TRACE_HEADERS
 from ..node.inference import PredictRequest
 from . import bodies
 from .openapi import openapi_document
@@ -107,7 +108,19 @@ async def predict(request: web.Request) -> web.Response:
     else:
         body = await request.read()
         parsed = bodies.parse_json_body(body) if content_type == bodies.JSON else bodies.parse_msgpack_body(body)
-    return _reply(request, await node.inference.predict(parsed))
+    forwarded, timeout, trace = hop_headers(request)
+    return _reply(request, await node.routed.predict(parsed, forwarded=forwarded, timeout=timeout, trace=trace))
+
+
+def hop_headers(request: web.Request) -> tuple[bool, float | None, dict[str, str]]:
+    """Whether a peer forwarded this request (then it is served here), its remaining deadline, its trace context."""
+    forwarded = FORWARDED in request.headers
+    timeout = None
+    raw = request.headers.get(TIMEOUT_MS, "")
+    if raw.isdigit() and int(raw) > 0:
+        timeout = int(raw) / 1000
+    trace = {h: request.headers[h] for h in TRACE_HEADERS if h in request.headers}
+    return forwarded, timeout, trace
 
 
 async def _parse_multipart(request: web.Request, limit: int) -> PredictRequest:

@@ -12,6 +12,7 @@ from .. import __version__
 from ..errors import BadRequest, PayloadTooLarge
 from ..manifest.schema import Manifest
 from . import kserve_codec as codec
+from .api import hop_headers
 
 if TYPE_CHECKING:
     from ..node.node import Node
@@ -96,8 +97,22 @@ async def model_ready(request: web.Request) -> web.Response:
 async def infer(request: web.Request) -> web.Response:
     node = _node(request)
     name, version = request.match_info["name"], request.match_info.get("version")
-    node.catalog.get(name, version)  # 404 before reading a body for a model that is not here
+    forwarded, timeout, trace = hop_headers(request)
     body = await request.read()
+    if not forwarded:
+        relayed = await node.routed.relay_kserve(
+            name, version, request.path, body, dict(request.headers), framework=None, timeout=timeout, trace=trace
+        )
+        if relayed is not None:  # a peer served it: its answer, as it is
+            status, headers, answer = relayed
+            keep = {k: v for k, v in headers.items() if k.lower() in (HEADER_LENGTH.lower(), "content-encoding")}
+            return web.Response(
+                status=status,
+                body=answer,
+                headers=keep,
+                content_type=headers.get("Content-Type", "application/json").split(";")[0],
+            )
+    node.catalog.get(name, version)  # this node serves it: 404 if it turns out not to have it
     raw_length = request.headers.get(HEADER_LENGTH)
     header_length = None
     if raw_length is not None:
@@ -118,7 +133,7 @@ async def infer(request: web.Request) -> web.Response:
     framework = params.get("framework") if isinstance(params.get("framework"), str) else None
     device = params.get("device") if isinstance(params.get("device"), str) else None
     model, spec, outputs = await node.inference.infer_tensors(
-        name, version, tensors, None, framework=framework, device=device
+        name, version, tensors, None, framework=framework, device=device, timeout=timeout
     )
     try:
         body, json_length = codec.encode_infer_response(

@@ -1,0 +1,144 @@
+"""The node-to-node data path: a request forwarded to a peer over a pooled keep-alive HTTP connection.
+
+/api/predict requests travel as msgpack (tensors and images as raw bytes); Open Inference Protocol requests are
+relayed byte for byte. Each carries the caller's remaining deadline, a hop marker (the peer serves it locally and
+never forwards again, so no request can loop) and the trace context headers it came with.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+import msgpack
+
+from ..errors import BadRequest, NotFound, PayloadTooLarge, RequestError, ServiceError, UnsupportedMediaType
+from .inference import PredictRequest
+
+FORWARDED = "X-Carml-Forwarded-By"
+TIMEOUT_MS = "X-Carml-Timeout-Ms"
+TRACE_HEADERS = ("traceparent", "tracestate", "b3", "X-B3-TraceId", "X-B3-SpanId", "X-B3-ParentSpanId", "X-B3-Sampled")
+MSGPACK = "application/msgpack"
+_BY_STATUS: dict[int, type[RequestError]] = {
+    400: BadRequest,
+    404: NotFound,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+}
+
+
+class ForwardError(ServiceError):
+    """The peer could not be reached or failed on its side (5xx, timeout): worth a retry elsewhere."""
+
+    status = 503
+
+
+class Forwarder:
+    def __init__(self, node_id: str, *, connections_per_peer: int = 32) -> None:
+        self.node_id = node_id
+        self._connections = connections_per_peer
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Forwarder:
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._connections, keepalive_timeout=60)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _headers(self, timeout: float, trace: dict[str, str]) -> dict[str, str]:
+        return {FORWARDED: self.node_id, TIMEOUT_MS: str(max(1, int(timeout * 1000))), **trace}
+
+    async def predict(
+        self, base_url: str, request: PredictRequest, *, timeout: float, trace: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        doc: dict[str, Any] = {"model": request.model, "top_k": request.top_k}
+        for key in ("version", "framework", "device"):
+            if getattr(request, key):
+                doc[key] = getattr(request, key)
+        if request.images:
+            doc["inputs"] = [{"image": image} for image in request.images]
+        else:
+            assert request.tensors is not None
+            n = len(next(iter(request.tensors.values())))
+            doc["inputs"] = [{"tensors": {name: _wire(t[i]) for name, t in request.tensors.items()}} for i in range(n)]
+        body = msgpack.packb(doc, use_bin_type=True)
+        headers = {"Content-Type": MSGPACK, "Accept": MSGPACK, **self._headers(timeout, trace or {})}
+        status, _, raw = await self._post(f"{base_url}/api/predict", body, headers, timeout)
+        answer = _decode(raw, status)
+        if status != 200:
+            raise _error(status, answer, base_url)
+        return answer
+
+    async def relay(
+        self,
+        base_url: str,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        *,
+        timeout: float,
+        trace: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Relay a request as it came (the Open Inference Protocol path): the peer's answer comes back as it is."""
+        out = {
+            k: v
+            for k, v in headers.items()
+            if k.lower() in ("content-type", "inference-header-content-length", "content-encoding", "accept")
+        }
+        status, resp_headers, raw = await self._post(
+            f"{base_url}{path}", body, {**out, **self._headers(timeout, trace or {})}, timeout
+        )
+        if status >= 500:
+            raise ForwardError(f"{base_url} answered {status}: {_message(raw)}")
+        return status, resp_headers, raw
+
+    async def _post(
+        self, url: str, body: bytes, headers: dict[str, str], timeout: float
+    ) -> tuple[int, dict[str, str], bytes]:
+        if self._session is None:
+            raise ForwardError("the forwarder is closed")
+        try:
+            async with self._session.post(
+                url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as resp:
+                return resp.status, dict(resp.headers), await resp.read()
+        except TimeoutError:
+            raise ForwardError(f"{url} did not answer within {timeout:.1f} s") from None
+        except aiohttp.ClientError as exc:
+            raise ForwardError(f"{url} is not reachable: {exc}") from exc
+
+
+def _wire(array: Any) -> dict[str, Any]:
+    return {"dtype": array.dtype.name, "shape": list(array.shape), "data": array.tobytes()}
+
+
+def _decode(raw: bytes, status: int) -> Any:
+    try:
+        return msgpack.unpackb(raw, raw=False)
+    except Exception:
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ForwardError(f"a peer answered {status} with a body that is neither msgpack nor JSON") from None
+
+
+def _message(raw: bytes) -> str:
+    try:
+        return str(json.loads(raw).get("error"))
+    except (ValueError, AttributeError):
+        return raw[:200].decode("utf-8", "replace")
+
+
+def _error(status: int, answer: Any, url: str) -> Exception:
+    message = answer.get("error") if isinstance(answer, dict) else str(answer)
+    if status in _BY_STATUS:
+        return _BY_STATUS[status](str(message))
+    return ForwardError(f"{url} answered {status}: {message}")

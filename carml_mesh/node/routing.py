@@ -1,0 +1,242 @@
+"""Any node serves any model of the mesh: find the capable members, choose, run here or forward, retry elsewhere.
+
+Every request gets an answer or an explicit error within its deadline: a peer that cannot be reached, answers 5xx
+or times out is avoided for a while and the next candidate is tried (inference is idempotent); a client error (4xx)
+is the same answer anywhere and is returned at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import CarmlError, NotFound, RequestError, WorkerUnavailable
+from ..gossip.messages import State
+from .forward import Forwarder, ForwardError
+from .inference import InferenceService, PredictRequest
+from .mesh import Mesh
+from .router import Candidate, Decision, Router
+
+log = logging.getLogger("carml.routing")
+
+
+def _matches(key: str, name: str, version: str | None, framework: str | None, device: str | None) -> bool:
+    """A warm key 'name@version/framework/device' against what a request asks for."""
+    model, _, rest = key.partition("@")
+    ver, _, rest = rest.partition("/")
+    fw, _, dev = rest.partition("/")
+    return (
+        model == name
+        and (not version or ver == version)
+        and (not framework or fw == framework)
+        and (not device or dev == device)
+    )
+
+
+class RoutedInference:
+    def __init__(
+        self,
+        node_id: str,
+        local: InferenceService,
+        mesh: Mesh | None,
+        forwarder: Forwarder,
+        *,
+        warm: Callable[[], list[str]],
+        load: Callable[[], int],
+        router: Router | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.local = local
+        self.mesh = mesh
+        self.forwarder = forwarder
+        self.router = router or Router()
+        self._warm = warm
+        self._load = load
+        self.forwarded = 0
+        self.retries = 0
+
+    # --- who can serve it -----------------------------------------------------------------------------------------
+
+    def _local_capable(self, name: str, version: str | None, framework: str | None, device: str | None) -> bool:
+        try:
+            model = self.local.catalog.get(name, version)
+            self.local.select(model, framework, device)
+        except CarmlError:
+            return False
+        return True
+
+    def candidates(self, name: str, version: str | None, framework: str | None, device: str | None) -> list[Candidate]:
+        found = []
+        if self._local_capable(name, version, framework, device):
+            warm = any(_matches(k, name, version, framework, device) for k in self._warm())
+            found.append(Candidate(self.node_id, None, warm, float(self._load())))
+        if self.mesh is None or self.mesh.gossip is None:
+            return found
+        for member in self.mesh.gossip.members():
+            card = self.mesh.cards.get(member.name)
+            if member.name == self.node_id or member.state != State.ALIVE or not card:
+                continue
+            offers = any(
+                m.get("name") == name
+                and (not version or m.get("version") == version)
+                and (not framework or m.get("framework") == framework)
+                and m.get("available")
+                for m in card.get("models") or []
+            )
+            if not offers or (device and device not in (card.get("devices") or [])):
+                continue
+            port = member.meta.get("http")
+            url = f"http://{member.addr[0]}:{port}" if isinstance(port, int) else card.get("url")
+            warm = any(_matches(k, name, version, framework, device) for k in card.get("warm") or [])
+            load = member.meta.get("l", 0)
+            health = self.router.health(member.name)
+            found.append(
+                Candidate(
+                    member.name, url, warm, float(load if isinstance(load, int | float) else 0), health.latency_ms
+                )
+            )
+        return found
+
+    def _offers(self) -> list[tuple[str, str, str, tuple[str, ...]]]:
+        """(model, version, framework, devices) that some member of the mesh serves."""
+        offers = []
+        devices = tuple(d.split(":")[0] for d in self.local.executor.devices())
+        for m in self.local.catalog:
+            for fw in m.available_frameworks():
+                offers.append((m.name, m.version, fw, tuple(d for d in devices if d in m.manifest.devices)))
+        if self.mesh is not None:
+            for card in self.mesh.cards.values():
+                card_devices = tuple(str(d) for d in card.get("devices") or [])
+                for m in card.get("models") or []:
+                    if m.get("available"):
+                        offers.append((str(m.get("name")), str(m.get("version")), str(m.get("framework")),
+                                       card_devices))
+        return offers
+
+    def _nowhere(self, name: str, version: str | None, framework: str | None, device: str | None) -> NotFound:
+        """The 404 that names what the mesh does serve, at the first constraint nobody meets."""
+        offers = self._offers()
+        named = [o for o in offers if o[0] == name]
+        if not named:
+            known = ", ".join(sorted({o[0] for o in offers})) or "nothing"
+            return NotFound(f"unknown model {name!r}; the mesh serves: {known}")
+        versioned = [o for o in named if not version or o[1] == version]
+        if not versioned:
+            versions = ", ".join(sorted({o[1] for o in named}, reverse=True))
+            return NotFound(f"model {name!r} has no version {version!r}; versions: {versions}")
+        framed = [o for o in versioned if not framework or o[2] == framework]
+        if not framed:
+            return NotFound(f"model {name} has no {framework} artifact; it has "
+                            f"{', '.join(sorted({o[2] for o in versioned}))}")
+        devices = sorted({d for o in framed for d in o[3]})
+        return NotFound(f"device {device!r} is not available for {name} in the mesh; devices: "
+                        f"{', '.join(devices) or 'none'}")
+
+    # --- running it -----------------------------------------------------------------------------------------------
+
+    async def predict(
+        self,
+        request: PredictRequest,
+        *,
+        forwarded: bool = False,
+        timeout: float | None = None,
+        trace: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        budget = min(self.local.timeout, timeout) if timeout else self.local.timeout
+        if forwarded:  # a peer chose us: serve here, never forward again
+            return await self.local.predict(request, timeout=budget)
+        decision = self.decide(request.model, request.version, request.framework, request.device)
+        result, attempts = await self._attempt(
+            decision,
+            budget,
+            lambda c, t: (
+                self.local.predict(request, timeout=t)
+                if c.local
+                else self.forwarder.predict(str(c.url), request, timeout=t, trace=trace)
+            ),
+        )
+        result["route"] = {**decision.to_dict(), "attempts": attempts}
+        return result
+
+    def decide(self, name: str, version: str | None, framework: str | None, device: str | None) -> Decision:
+        candidates = self.candidates(name, version, framework, device)
+        if not candidates:
+            raise self._nowhere(name, version, framework, device)
+        return self.router.decide(candidates)
+
+    async def _attempt(self, decision: Decision, budget: float, run: Callable[[Candidate, float], Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        attempts: list[dict[str, Any]] = []
+        for candidate in decision.order:
+            remaining = deadline - loop.time()
+            if remaining <= 0.001:
+                break
+            if not candidate.local:
+                self.router.started(candidate.node)
+                self.forwarded += 1
+            t0 = time.perf_counter()
+            try:
+                result = await run(candidate, remaining)
+            except RequestError:
+                if not candidate.local:
+                    self.router.finished(candidate.node, ok=True, latency_ms=(time.perf_counter() - t0) * 1e3)
+                raise  # the client's mistake gets the same answer anywhere: no retry
+            except (WorkerUnavailable, ForwardError, CarmlError) as exc:
+                if not candidate.local:
+                    self.router.finished(candidate.node, ok=False)
+                attempts.append({"node": candidate.node, "ok": False, "error": str(exc)})
+                self.retries += 1
+                log.info("attempt on %s failed (%s); trying the next candidate", candidate.node, exc)
+                continue
+            if not candidate.local:
+                self.router.finished(candidate.node, ok=True, latency_ms=(time.perf_counter() - t0) * 1e3)
+            attempts.append({"node": candidate.node, "ok": True})
+            return result, attempts
+        reasons = "; ".join(f"{a['node']}: {a['error']}" for a in attempts) or "the deadline passed"
+        raise WorkerUnavailable(f"every capable member failed within {budget:.1f} s ({reasons})")
+
+    async def relay_kserve(
+        self,
+        name: str,
+        version: str | None,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        *,
+        framework: str | None,
+        timeout: float | None,
+        trace: dict[str, str] | None,
+    ) -> tuple[int, dict[str, str], bytes] | None:
+        """For the Open Inference Protocol: None when this node should serve it, else the relayed answer."""
+        budget = min(self.local.timeout, timeout) if timeout else self.local.timeout
+        decision = self.decide(name, version, framework, None)
+        if decision.order[0].local:
+            return None
+
+        async def run(c: Candidate, t: float) -> Any:
+            if c.local:
+                return None
+            return await self.forwarder.relay(str(c.url), path, body, headers, timeout=t, trace=trace)
+
+        answer, _ = await self._attempt(decision, budget, run)
+        return answer
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "forwarded": self.forwarded,
+            "retries": self.retries,
+            "peers": {
+                n: {
+                    "in_flight": h.in_flight,
+                    "latency_ms": h.latency_ms,
+                    "failures": h.failures,
+                    "successes": h.successes,
+                    "avoided": h.avoid_until > time.monotonic(),
+                }
+                for n, h in self.router.peers.items()
+            },
+        }
