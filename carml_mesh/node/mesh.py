@@ -155,15 +155,16 @@ class Mesh:
             async with self._session.get(url) as resp:
                 if resp.status != 200:
                     raise aiohttp.ClientError(f"HTTP {resp.status}")
-                card = await resp.json()
+                doc = await resp.json()
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             log.warning("cannot fetch the card of %s from %s: %s", member.name, url, exc)
             return
+        card = doc.get("card") if isinstance(doc, dict) else None
         if not isinstance(card, dict) or card.get("id") != member.name:
-            log.warning("%s answered with the card of %r, not %s", url, card.get("id"), member.name)
+            log.warning("%s did not answer with the card of %s", url, member.name)
             return
         self.cards[member.name] = card
-        self._card_digests[member.name] = str(card.get("card_digest", member.meta.get("d")))
+        self._card_digests[member.name] = str(doc.get("card_digest", member.meta.get("d")))
 
     # --- views ----------------------------------------------------------------------------------------------------
 

@@ -309,6 +309,7 @@ class Node:
 
     def info(self) -> dict[str, Any]:
         assert self.executor is not None
+        digest, card = self.card()
         return {
             "id": self.id,
             "name": self.name,
@@ -318,7 +319,8 @@ class Node:
             "started_at": self.started_at,
             "cluster": self.config.cluster if self.mesh else None,
             "card_version": self.mesh.card_version if self.mesh else None,
-            "card_digest": self.card()[0],
+            "card_digest": digest,
+            "card": card,  # what peers keep of this node: the stable part, digested
             "warm": self._warm(),
             "load": {"in_flight": self.in_flight()},
             "ready": self.ready,

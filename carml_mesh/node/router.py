@@ -99,8 +99,10 @@ class Router:
         effective = {c.node: c.load + (0 if c.local else self.health(c.node).in_flight) for c in tier}
         first = self._two_choices(tier, effective)
         local = next((c for c in tier if c.local), None)
-        if local is not None and first is not local and effective[local.node] <= effective[first.node]:
-            first, why = local, why + ", local as good as the best peer"
+        if local is not None and effective[local.node] <= effective[first.node]:
+            first = local
+        if first.local:
+            why += ", this node: as good as the best peer" if len(tier) > 1 else ", this node"
         else:
             why += ", least loaded of two random" if len(tier) > 2 else (", least loaded" if len(tier) > 1 else "")
         rest = sorted(

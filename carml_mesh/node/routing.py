@@ -112,8 +112,9 @@ class RoutedInference:
                 card_devices = tuple(str(d) for d in card.get("devices") or [])
                 for m in card.get("models") or []:
                     if m.get("available"):
-                        offers.append((str(m.get("name")), str(m.get("version")), str(m.get("framework")),
-                                       card_devices))
+                        offers.append(
+                            (str(m.get("name")), str(m.get("version")), str(m.get("framework")), card_devices)
+                        )
         return offers
 
     def _nowhere(self, name: str, version: str | None, framework: str | None, device: str | None) -> NotFound:
@@ -129,11 +130,13 @@ class RoutedInference:
             return NotFound(f"model {name!r} has no version {version!r}; versions: {versions}")
         framed = [o for o in versioned if not framework or o[2] == framework]
         if not framed:
-            return NotFound(f"model {name} has no {framework} artifact; it has "
-                            f"{', '.join(sorted({o[2] for o in versioned}))}")
+            return NotFound(
+                f"model {name} has no {framework} artifact; it has {', '.join(sorted({o[2] for o in versioned}))}"
+            )
         devices = sorted({d for o in framed for d in o[3]})
-        return NotFound(f"device {device!r} is not available for {name} in the mesh; devices: "
-                        f"{', '.join(devices) or 'none'}")
+        return NotFound(
+            f"device {device!r} is not available for {name} in the mesh; devices: {', '.join(devices) or 'none'}"
+        )
 
     # --- running it -----------------------------------------------------------------------------------------------
 
