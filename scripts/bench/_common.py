@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @contextmanager
-def running_node(data_dir: Path, *extra: str) -> Iterator[str]:
-    """A real `carml-node` process with the demo manifests; yields its base URL once it says it is ready."""
+def running_node(data_dir: Path, *extra: str, manifests: Path | None = None) -> Iterator[str]:
+    """A real `carml-node` process (the demo manifests unless told otherwise); yields its URL once it is ready."""
     cmd = [
         sys.executable,
         "-m",
@@ -30,7 +30,7 @@ def running_node(data_dir: Path, *extra: str) -> Iterator[str]:
         "--data-dir",
         str(data_dir),
         "--manifests",
-        str(REPO / "manifests"),
+        str(manifests or REPO / "manifests"),
         "--log-level",
         "WARNING",
         "--gossip-port",
