@@ -1,0 +1,1 @@
+"""Tracing: Zipkin v2 spans kept by every node, with no central collector."""
