@@ -100,11 +100,16 @@ class LocalExecutor(Executor):
         return float(reply.get("load_ms", 0.0))
 
     async def unload(self, model: ModelSpec) -> None:
+        """Forget the model (a restarted worker will not reload it) and free it in the worker. A load that was in
+        flight when the model was forgotten still ends loaded in the worker: unloading it again frees it then."""
         slot = self._slots.get((model.framework, model.device))
-        if slot is None or slot.models.pop(model.key, None) is None:
+        if slot is None:
             return
-        if slot.worker is not None and slot.worker.alive:
-            await slot.worker.request({"op": "unload", "model": model.key}, timeout=5.0)
+        known = slot.models.pop(model.key, None) is not None
+        worker = slot.worker
+        if worker is not None and worker.alive and (known or model.key in worker.loaded):
+            await worker.request({"op": "unload", "model": model.key}, timeout=5.0)
+            worker.loaded.discard(model.key)
 
     async def infer(self, model: ModelSpec, request: dict[str, Any], *, timeout: float) -> dict[str, Any]:
         slot = self._slots.setdefault((model.framework, model.device), _Slot())

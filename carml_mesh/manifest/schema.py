@@ -26,7 +26,7 @@ PROBABILITIES = ("softmax", "sigmoid", "none")
 class ArtifactRef:
     path: str | None  # relative to the manifest's folder, or absolute
     url: str | None
-    sha256: str | None
+    sha256: str | None  # alone (no path, no url): a reference to an artifact already in the node's store
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ class _Fields:
             value = str(value)  # `version: 1.0` in YAML is a float; accept it as the string it looks like
         if not isinstance(value, str):
             raise self.error(key, f"must be a string, got {_kind(value)}")
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             raise self.error(key, f"{value!r} does not match {pattern.pattern}")
         if choices and value not in choices:
             raise self.error(key, f"{value!r} is not one of {', '.join(choices)}")
@@ -383,11 +383,13 @@ def _parse_framework(data: Any, where: str, file: str) -> FrameworkEntry:
     a = f.sub("artifact", ("path", "url", "sha256"), required=True)
     assert a is not None
     path, url = a.str("path") or None, a.str("url") or None
-    if (path is None) == (url is None):
-        raise a.error("", "give exactly one of path or url")
+    sha256 = a.str("sha256", pattern=SHA256_RE) or None
+    if path is not None and url is not None:
+        raise a.error("", "give exactly one of path or url (or sha256 alone, for an artifact in the node's store)")
+    if path is None and url is None and sha256 is None:
+        raise a.error("", "give exactly one of path or url, or sha256 alone for an artifact in the node's store")
     if url is not None and not re.match(r"^(https?|file)://", url):
         raise a.error("url", f"{url!r} must be an http(s):// or file:// URL")
-    sha256 = a.str("sha256", pattern=SHA256_RE) or None
     if url is not None and url.startswith("http") and sha256 is None:
         raise a.error("sha256", "is required for a downloaded artifact")
     return FrameworkEntry(name=name, version=version, artifact=ArtifactRef(path=path, url=url, sha256=sha256))

@@ -1,9 +1,14 @@
-"""The models this node can serve: manifests joined with their artifacts in the store and the frameworks here."""
+"""The models this node can serve: manifests joined with their artifacts in the store and the frameworks here.
+
+The catalog changes at run time: a model is published (added or replaced) or withdrawn through the API. Readers
+iterate over a snapshot, so a change while a request or the preloader walks it is safe.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +18,7 @@ from packaging.version import InvalidVersion, Version
 from ..errors import ArtifactError, NotFound
 from ..exec.base import ModelSpec
 from ..manifest.loader import Problem, load_manifest_dirs
-from ..manifest.schema import Manifest
+from ..manifest.schema import FrameworkEntry, Manifest
 from ..store.artifacts import ArtifactStore
 
 log = logging.getLogger("carml.catalog")
@@ -40,6 +45,7 @@ class ServedModel:
     labels: tuple[str, ...]
     deployments: dict[str, Deployment]
     wire_spec: dict[str, Any] = field(hash=False, compare=False)
+    published: bool = False  # through the API (DATA_DIR/published), not from a --manifests folder
 
     @property
     def name(self) -> str:
@@ -57,6 +63,15 @@ class ServedModel:
         assert d.sha256 is not None and d.path is not None
         return ModelSpec(self.name, self.version, framework, device, d.sha256, d.path, self.wire_spec)
 
+    def model_specs(self, devices: list[str]) -> list[ModelSpec]:
+        """Every (framework, device) this model could be loaded as on these devices."""
+        return [
+            self.model_spec(f, device)
+            for f in self.available_frameworks()
+            for device in devices
+            if device.split(":")[0] in self.manifest.devices
+        ]
+
 
 class Catalog:
     def __init__(self, models: list[ServedModel], problems: list[Problem]) -> None:
@@ -65,8 +80,8 @@ class Catalog:
         for m in models:
             self._by_name.setdefault(m.name, {})[m.version] = m
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        for versions in self._by_name.values():
+    def __iter__(self) -> Iterator[ServedModel]:
+        for versions in list(self._by_name.values()):  # a snapshot: the catalog may change while one iterates
             yield from sorted(versions.values(), key=lambda m: _version_key(m.version), reverse=True)
 
     def __len__(self) -> int:
@@ -77,6 +92,24 @@ class Catalog:
 
     def versions(self, name: str) -> list[str]:
         return sorted(self._by_name.get(name, {}), key=_version_key, reverse=True)
+
+    def find(self, name: str, version: str) -> ServedModel | None:
+        return self._by_name.get(name, {}).get(version)
+
+    def put(self, model: ServedModel) -> ServedModel | None:
+        """Add a model, or replace the one with its name and version; returns the one replaced."""
+        versions = self._by_name.setdefault(model.name, {})
+        old = versions.get(model.version)
+        versions[model.version] = model
+        return old
+
+    def remove(self, name: str, version: str) -> ServedModel:
+        model = self.get(name, version)
+        versions = self._by_name[name]
+        del versions[version]
+        if not versions:
+            del self._by_name[name]
+        return model
 
     def get(self, name: str, version: str | None = None) -> ServedModel:
         versions = self._by_name.get(name)
@@ -98,13 +131,24 @@ def _version_key(v: str) -> tuple[int, Any]:
         return (0, v)
 
 
-async def build_catalog(dirs: list[Path], store: ArtifactStore, frameworks: dict[str, str]) -> Catalog:
-    """Load manifests and import their artifacts into the store, off the event loop."""
-    return await asyncio.to_thread(_build_catalog, dirs, store, frameworks)
+async def build_catalog(
+    dirs: list[Path], store: ArtifactStore, frameworks: dict[str, str], *, published: Path | None = None
+) -> Catalog:
+    """Load manifests and import their artifacts into the store, off the event loop. The published folder (the
+    node's own, written by the API) is read first: its models win over a --manifests file of the same name and
+    version."""
+    return await asyncio.to_thread(_build_catalog, dirs, store, frameworks, published)
 
 
-def _build_catalog(dirs: list[Path], store: ArtifactStore, frameworks: dict[str, str]) -> Catalog:
-    manifests, problems = load_manifest_dirs(dirs)
+def _build_catalog(
+    dirs: list[Path], store: ArtifactStore, frameworks: dict[str, str], published: Path | None = None
+) -> Catalog:
+    from_published: set[str] = set()
+    if published is not None and published.is_dir():
+        manifests, problems = load_manifest_dirs([published, *dirs])
+        from_published = {m.file for m in manifests if Path(m.file).parent == published}
+    else:
+        manifests, problems = load_manifest_dirs(dirs)
     models = []
     for manifest in manifests:
         base = Path(manifest.file).parent
@@ -114,22 +158,37 @@ def _build_catalog(dirs: list[Path], store: ArtifactStore, frameworks: dict[str,
             problems.append(Problem(manifest.file, "output.parameters.labels", str(exc)))
             continue
         deployments = {f.name: _deploy(f, base, store, frameworks) for f in manifest.frameworks}
-        for name, d in deployments.items():
-            if d.problem:
-                log.warning("%s %s: %s not servable: %s", manifest.name, manifest.version, name, d.problem)
-        wire = {
-            "inputs": [i.to_wire() for i in manifest.inputs],
-            "outputs": [
-                {
-                    "name": manifest.output.name,
-                    "type": manifest.output.type,
-                    "probabilities": manifest.output.probabilities,
-                }
-            ],
-            "labels": list(labels),
-        }
-        models.append(ServedModel(manifest, labels, deployments, wire))
+        models.append(served_model(manifest, labels, deployments, published=manifest.file in from_published))
     return Catalog(models, problems)
+
+
+def served_model(
+    manifest: Manifest, labels: tuple[str, ...], deployments: dict[str, Deployment], *, published: bool = False
+) -> ServedModel:
+    for name, d in deployments.items():
+        if d.problem:
+            log.warning("%s %s: %s not servable: %s", manifest.name, manifest.version, name, d.problem)
+    wire = {
+        "inputs": [i.to_wire() for i in manifest.inputs],
+        "outputs": [
+            {
+                "name": manifest.output.name,
+                "type": manifest.output.type,
+                "probabilities": manifest.output.probabilities,
+            }
+        ],
+        "labels": list(labels),
+    }
+    return ServedModel(manifest, labels, deployments, wire, published)
+
+
+def stored_deployment(
+    entry: FrameworkEntry, sha256: str, store: ArtifactStore, frameworks: dict[str, str]
+) -> Deployment:
+    """A framework whose artifact is already in the store (a published model)."""
+    if not store.has(sha256):
+        return Deployment(entry.name, sha256, None, f"artifact sha256:{sha256} is not in this node's store")
+    return Deployment(entry.name, sha256, str(store.path(sha256)), _framework_problem(entry, frameworks))
 
 
 def _labels(manifest: Manifest, base: Path) -> tuple[str, ...]:
@@ -146,18 +205,23 @@ def _labels(manifest: Manifest, base: Path) -> tuple[str, ...]:
     return tuple(line.strip() for line in lines if line.strip())
 
 
-def _deploy(entry: Any, base: Path, store: ArtifactStore, frameworks: dict[str, str]) -> Deployment:
+def _framework_problem(entry: FrameworkEntry, frameworks: dict[str, str]) -> str | None:
     installed = frameworks.get(entry.name)
-    artifact = entry.artifact
     if installed is None:
-        problem = f"{entry.name} is not installed on this node"
-    elif entry.version and not entry.version.contains(installed, prereleases=True):
-        problem = f"{entry.name} {installed} is installed; the manifest needs {entry.version}"
-    else:
-        problem = None
+        return f"{entry.name} is not installed on this node"
+    if entry.version and not entry.version.contains(installed, prereleases=True):
+        return f"{entry.name} {installed} is installed; the manifest needs {entry.version}"
+    return None
+
+
+def _deploy(entry: FrameworkEntry, base: Path, store: ArtifactStore, frameworks: dict[str, str]) -> Deployment:
+    problem = _framework_problem(entry, frameworks)
+    artifact = entry.artifact
     sha256 = artifact.sha256
     if sha256 and store.has(sha256):
         return Deployment(entry.name, sha256, str(store.path(sha256)), problem)
+    if sha256 and artifact.path is None and artifact.url is None:
+        return Deployment(entry.name, sha256, None, problem or f"artifact sha256:{sha256} is not in this node's store")
     source: Path | None = None
     if artifact.path is not None:
         source = (base / artifact.path).resolve()

@@ -1,4 +1,5 @@
-"""``carml-node``: run a node (the default), or talk to one (models, predict), or check manifests (validate)."""
+"""``carml-node``: run a node (the default), or talk to one (models, predict, deploy, withdraw), or check manifests
+(validate)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import CarmlError, ConfigError
+from . import client
 from .config import DEFAULT_HOST, DEFAULT_PORT, NodeConfig, default_data_dir
 
 log = logging.getLogger("carml.node")
@@ -39,13 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_args(parser)  # so that `carml-node --port 1234` works with no command
 
     models = sub.add_parser("models", help="list the models a node serves")
-    models.add_argument("--url", default=_env("URL", f"http://127.0.0.1:{DEFAULT_PORT}"))
+    client.add_client_args(models)
     models.add_argument("--json", action="store_true", help="print the raw JSON")
 
     predict = sub.add_parser("predict", help="classify image files with a model on a node")
     predict.add_argument("model")
     predict.add_argument("files", nargs="+", type=Path)
-    predict.add_argument("--url", default=_env("URL", f"http://127.0.0.1:{DEFAULT_PORT}"))
+    client.add_client_args(predict)
     predict.add_argument("--framework")
     predict.add_argument("--device")
     predict.add_argument("--version", dest="model_version")
@@ -54,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check manifest files and say what is wrong with each")
     validate.add_argument("manifests", nargs="+", type=Path)
+    client.add_parsers(sub)
     return parser
 
 
@@ -86,6 +89,31 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body accepted")
     p.add_argument("--request-timeout", type=float, default=30.0, help="seconds before a request fails with 503")
+    api = p.add_argument_group("publishing and the API token")
+    api.add_argument(
+        "--api-token",
+        default=_env("API_TOKEN"),
+        help="a shared secret: publishing, withdrawing and deploying need 'Authorization: Bearer TOKEN', and this "
+        "node sends it to its peers [CARML_API_TOKEN]",
+    )
+    api.add_argument(
+        "--api-token-file",
+        type=Path,
+        default=_env("API_TOKEN_FILE"),
+        help="file holding the token [CARML_API_TOKEN_FILE]",
+    )
+    api.add_argument(
+        "--protect-all",
+        action="store_true",
+        default=_env("PROTECT_ALL", "0") == "1",
+        help="the token guards reads and inference too (all of /api and /v2 but /api/health) [CARML_PROTECT_ALL=1]",
+    )
+    api.add_argument(
+        "--max-artifact-mb",
+        type=float,
+        default=float(_env("MAX_ARTIFACT_MB", "2048") or 2048),
+        help="largest artifact a node accepts, uploaded or pulled from a peer [CARML_MAX_ARTIFACT_MB]",
+    )
     ex = p.add_argument_group("execution")
     ex.add_argument(
         "--executor",
@@ -168,6 +196,14 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
             key = Path(args.cluster_key_file).read_text()
         except OSError as exc:
             raise ConfigError(f"cannot read the cluster key file {args.cluster_key_file}: {exc.strerror}") from exc
+    token = args.api_token
+    if args.api_token_file:
+        try:
+            token = Path(args.api_token_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the API token file {args.api_token_file}: {exc.strerror}") from exc
+    if args.max_artifact_mb <= 0:
+        raise ConfigError(f"--max-artifact-mb must be positive, got {args.max_artifact_mb}")
     joins = args.join if args.join is not None else [j for j in (_env("JOIN") or "").split(",") if j.strip()]
     return NodeConfig(
         host=args.host,
@@ -192,6 +228,9 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         mdns=not args.no_mdns,
         advertise=args.advertise,
         gossip_overrides=_tuning(args.gossip_tuning),
+        api_token=token.strip() if token is not None else None,
+        protect_all=args.protect_all,
+        max_artifact_bytes=int(args.max_artifact_mb * (1 << 20)),
         **kwargs,
     )
 
@@ -252,10 +291,10 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run(coro)
 
 
-async def _get(url: str) -> Any:
+async def _get(url: str, token: str | None = None) -> Any:
     import aiohttp
 
-    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+    async with aiohttp.ClientSession(headers=client.headers(token)) as session, session.get(url) as resp:
         return resp.status, await resp.json(content_type=None)
 
 
@@ -270,7 +309,10 @@ async def _predict(args: argparse.Namespace) -> tuple[int, Any]:
     form.add_field("top_k", str(args.top_k))
     for path in args.files:
         form.add_field("image", path.read_bytes(), filename=path.name)
-    async with aiohttp.ClientSession() as session, session.post(f"{args.url}/api/predict", data=form) as resp:
+    async with (
+        aiohttp.ClientSession(headers=client.headers(args.token)) as session,
+        session.post(f"{args.url}/api/predict", data=form) as resp,
+    ):
         return resp.status, await resp.json(content_type=None)
 
 
@@ -309,8 +351,20 @@ def main(argv: list[str] | None = None) -> int:
                 bad += 1
                 print(f"error {exc}")
         return 1 if bad else 0
+    if command in ("deploy", "withdraw"):
+        try:
+            if command == "deploy":
+                rc, answers = _client(client.deploy(args), args.url)
+                client.print_deploy(answers, args.json)
+            else:
+                rc, doc = _client(client.withdraw(args), args.url)
+                client.print_withdraw(doc, args.json)
+        except (client.UsageError, OSError) as exc:
+            print(f"carml-node {command}: {exc}", file=sys.stderr)
+            return 2
+        return rc
     if command == "models":
-        status, doc = _client(_get(f"{args.url}/api/models"), args.url)
+        status, doc = _client(_get(f"{args.url}/api/models", args.token), args.url)
         if args.json or status != 200:
             print(json.dumps(doc, indent=2))
             return 0 if status == 200 else 1

@@ -14,6 +14,8 @@ DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # decoded pixels per image (decompression
 DEFAULT_MAX_BATCH = 256  # inputs per request
 DEFAULT_REQUEST_TIMEOUT = 30.0
 DEFAULT_SHUTDOWN_TIMEOUT = 4.0  # SIGTERM -> exit within 5 s, workers included
+DEFAULT_MAX_ARTIFACT_BYTES = 2048 << 20  # one published or pulled artifact; streamed to disk, never held in memory
+DEFAULT_REPLICATION_TIMEOUT = 600.0  # one call to a peer while replicating: a pull of 2 GB artifacts included
 
 
 def default_data_dir() -> Path:
@@ -52,3 +54,8 @@ class NodeConfig:
     mdns: bool = True
     advertise: str | None = None  # the address peers reach us at; default: derived from host
     gossip_overrides: tuple[tuple[str, float], ...] = ()  # GossipConfig timers, for tests and tuning
+    # publishing, replication and the API token
+    api_token: str | None = None  # shared by the mesh's nodes: mutating endpoints need it, peers send it
+    protect_all: bool = False  # with a token: everything under /api and /v2 but /api/health needs it
+    max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES
+    replication_timeout: float = DEFAULT_REPLICATION_TIMEOUT

@@ -14,6 +14,7 @@ import aiohttp
 import msgpack
 
 from ..errors import BadRequest, NotFound, PayloadTooLarge, RequestError, ServiceError, UnsupportedMediaType
+from ..web.auth import auth_headers
 from .inference import PredictRequest
 
 FORWARDED = "X-Carml-Forwarded-By"
@@ -35,8 +36,9 @@ class ForwardError(ServiceError):
 
 
 class Forwarder:
-    def __init__(self, node_id: str, *, connections_per_peer: int = 32) -> None:
+    def __init__(self, node_id: str, *, connections_per_peer: int = 32, api_token: str | None = None) -> None:
         self.node_id = node_id
+        self._auth = auth_headers(api_token)  # the mesh's shared token: a peer may protect inference
         self._connections = connections_per_peer
         self._session: aiohttp.ClientSession | None = None
 
@@ -54,7 +56,7 @@ class Forwarder:
             self._session = None
 
     def _headers(self, timeout: float, trace: dict[str, str]) -> dict[str, str]:
-        return {FORWARDED: self.node_id, TIMEOUT_MS: str(max(1, int(timeout * 1000))), **trace}
+        return {FORWARDED: self.node_id, TIMEOUT_MS: str(max(1, int(timeout * 1000))), **trace, **self._auth}
 
     async def predict(
         self, base_url: str, request: PredictRequest, *, timeout: float, trace: dict[str, str] | None = None
@@ -96,7 +98,7 @@ class Forwarder:
         status, resp_headers, raw = await self._post(
             f"{base_url}{path}", body, {**out, **self._headers(timeout, trace or {})}, timeout
         )
-        if status >= 500:
+        if status >= 500 or status == 401:  # 401: the peer refused our token, not the client's request
             raise ForwardError(f"{base_url} answered {status}: {_message(raw)}")
         return status, resp_headers, raw
 

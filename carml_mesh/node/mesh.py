@@ -16,6 +16,7 @@ from ..gossip.mdns import Discovered, MdnsDiscovery
 from ..gossip.messages import Address, MemberState, State
 from ..gossip.runtime import Gossip
 from ..gossip.state import Event, EventKind
+from ..web.auth import auth_headers
 from .card import card_summary
 
 log = logging.getLogger("carml.mesh")
@@ -36,6 +37,7 @@ class Mesh:
         seeds: tuple[Address, ...] = (),
         mdns: bool = True,
         load: Callable[[], int] | None = None,
+        api_token: str | None = None,
     ) -> None:
         self._card = card  # () -> (digest, card): the local card, recomputed cheaply
         self._load = load or (lambda: 0)  # () -> requests in flight on this node
@@ -54,13 +56,16 @@ class Mesh:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._fetching: dict[str, asyncio.Task[None]] = {}
+        self._headers = auth_headers(api_token)  # a peer may protect /api/node (--protect-all)
 
     async def __aenter__(self) -> Mesh:
         self.card_digest, _ = self._card()
         self.card_version = 1
         self.gossip = Gossip(self._gossip_config, keyring=self._keyring, meta=self._meta(), on_event=self._on_event)
         await self.gossip.start()
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CARD_FETCH_TIMEOUT))
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=CARD_FETCH_TIMEOUT), headers=self._headers
+        )
         self._spawn(self._watch_card())
         if self.seeds:
             self._spawn(self._join(list(self.seeds)))
@@ -120,14 +125,21 @@ class Mesh:
         the load when it changed; each check is cheap, each change one gossip broadcast."""
         while True:
             await asyncio.sleep(CARD_CHECK_INTERVAL)
-            digest, _ = self._card()
-            load = self._load()
-            if digest != self.card_digest or load != self._load_value:
-                if digest != self.card_digest:
-                    self.card_digest = digest
-                    self.card_version += 1
-                self._load_value = load
-                self.gossip.update_meta(self._meta())
+            self.refresh_card()
+
+    def refresh_card(self) -> None:
+        """Compare the card and the load with what was advertised; gossip a new version when they changed. Called
+        every CARD_CHECK_INTERVAL, and at once when a model is published or withdrawn."""
+        if self.gossip is None:
+            return
+        digest, _ = self._card()
+        load = self._load()
+        if digest != self.card_digest or load != self._load_value:
+            if digest != self.card_digest:
+                self.card_digest = digest
+                self.card_version += 1
+            self._load_value = load
+            self.gossip.update_meta(self._meta())
 
     # --- peers' cards ---------------------------------------------------------------------------------------------
 

@@ -32,6 +32,8 @@ from .config import NodeConfig
 from .forward import Forwarder
 from .inference import InferenceService
 from .mesh import Mesh
+from .publish import Publisher
+from .replication import Replicator
 from .routing import RoutedInference
 
 log = logging.getLogger("carml.node")
@@ -70,6 +72,9 @@ class Node:
         self.load_errors: dict[str, str] = {}
         self.mesh: Mesh | None = None
         self.routed: RoutedInference = None  # type: ignore[assignment]  # set in __aenter__
+        self.store: ArtifactStore = None  # type: ignore[assignment]  # set in __aenter__
+        self.publisher: Publisher = None  # type: ignore[assignment]  # set in __aenter__
+        self.replicator: Replicator = None  # type: ignore[assignment]  # set in __aenter__
         self._stack = contextlib.AsyncExitStack()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -88,21 +93,27 @@ class Node:
 
     async def _start(self) -> None:
         from ..web.app import make_app
+        from ..web.auth import check_api_token
 
         config = self.config
+        check_api_token(config.api_token, protect_all=config.protect_all)
         try:
             config.data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot create data dir {config.data_dir}: {exc.strerror}") from exc
         self.id = _node_id(config.data_dir)
-        store = ArtifactStore(config.data_dir / "artifacts")
+        self.store = store = ArtifactStore(config.data_dir / "artifacts")
+        store.clear_tmp()  # what a killed upload or pull left behind
+        published = config.data_dir / "published"
         self.hardware = await asyncio.to_thread(hardware.probe)
         # Unix socket paths are limited to 108 bytes, so the run dir lives in /tmp rather than the data dir.
         run_dir = Path(tempfile.mkdtemp(prefix="carml-run-"))
         self._stack.callback(shutil.rmtree, run_dir, True)
         devices = list(config.devices) or (["cpu"] + [f"cuda:{g['index']}" for g in self.hardware["gpus"]])
         self.executor = executor = await self._open_executor(run_dir, store.root, devices)
-        self.catalog = await build_catalog(list(config.manifests_dirs), store, executor.frameworks())
+        self.catalog = await build_catalog(
+            list(config.manifests_dirs), store, executor.frameworks(), published=published
+        )
         for problem in self.catalog.problems:
             log.warning("manifest problem: %s", problem)
         self.inference = InferenceService(
@@ -111,6 +122,19 @@ class Node:
             node={"id": self.id, "name": self.name},
             max_batch=config.max_batch,
             timeout=config.request_timeout,
+        )
+        self.publisher = Publisher(
+            catalog=self.catalog, store=store, executor=executor, folder=published, on_change=self._catalog_changed
+        )
+        self.replicator = await self._stack.enter_async_context(
+            Replicator(
+                node_id=self.id,
+                store=store,
+                publisher=self.publisher,
+                api_token=config.api_token,
+                max_artifact_bytes=config.max_artifact_bytes,
+                timeout=config.replication_timeout,
+            )
         )
         self._stack.push_async_callback(self._cancel_tasks)
         runner = web.AppRunner(make_app(self), access_log=None, shutdown_timeout=1.0)
@@ -129,9 +153,11 @@ class Node:
             config.host,
             self.port,
         )
+        if not config.api_token:
+            log.info("no API token (--api-token): anyone who reaches this node may publish and withdraw models")
         if config.gossip:
             self.mesh = await self._stack.enter_async_context(self._make_mesh())
-        forwarder = await self._stack.enter_async_context(Forwarder(self.id))
+        forwarder = await self._stack.enter_async_context(Forwarder(self.id, api_token=config.api_token))
         self.routed = RoutedInference(
             self.id, self.inference, self.mesh, forwarder, warm=self._warm, load=self.in_flight
         )
@@ -184,17 +210,31 @@ class Node:
         return await self._stack.enter_async_context(LocalExecutor(run_dir, local, devices=devices))
 
     async def _preload(self) -> None:
-        assert self.executor is not None
         for model in self.catalog:
-            for framework in model.available_frameworks():
-                spec = self.inference.select(model, framework, None)
-                try:
-                    ms = await self.executor.load(spec)
-                    log.info("loaded %s in %.0f ms", spec.key, ms)
-                except CarmlError as exc:
-                    self.load_errors[spec.key] = str(exc)
-                    log.warning("could not load %s: %s", spec.key, exc)
+            await self._load_model(model)
         self._set_ready()
+
+    async def _load_model(self, model: ServedModel) -> None:
+        assert self.executor is not None
+        for framework in model.available_frameworks():
+            spec = self.inference.select(model, framework, None)
+            try:
+                ms = await self.executor.load(spec)
+                log.info("loaded %s in %.0f ms", spec.key, ms)
+            except CarmlError as exc:
+                self.load_errors[spec.key] = str(exc)
+                log.warning("could not load %s: %s", spec.key, exc)
+            if self.catalog.find(model.name, model.version) is not model:  # withdrawn or replaced meanwhile
+                with contextlib.suppress(CarmlError):
+                    await self.executor.unload(spec)
+                return
+
+    def _catalog_changed(self, model: ServedModel | None) -> None:
+        """A model was published or withdrawn: advertise the new card now, and load the new model."""
+        if self.mesh is not None:
+            self.mesh.refresh_card()
+        if model is not None and self.config.preload:
+            self._spawn(self._load_model(model))
 
     def _set_ready(self) -> None:
         self.ready = True
@@ -247,6 +287,7 @@ class Node:
             seeds=config.join,
             mdns=config.mdns,
             load=self.in_flight,
+            api_token=config.api_token,
         )
 
     def _advertise_host(self) -> str:
@@ -334,6 +375,11 @@ class Node:
                 "max_image_pixels": self.config.max_image_pixels,
                 "max_batch": self.config.max_batch,
                 "request_timeout_s": self.config.request_timeout,
+                "max_artifact_bytes": self.config.max_artifact_bytes,
+            },
+            "auth": {
+                "token": self.config.api_token is not None,
+                "protects": "everything" if self.config.protect_all else "changes" if self.config.api_token else None,
             },
             "models": [self.describe_model(m, brief=True) for m in self.catalog],
             "problems": [str(p) for p in self.catalog.problems],
@@ -365,7 +411,12 @@ class Node:
                     "loaded": loaded,
                 }
             )
-        described: dict[str, Any] = {"name": m.name, "version": m.version, "frameworks": frameworks}
+        described: dict[str, Any] = {
+            "name": m.name,
+            "version": m.version,
+            "published": model.published,
+            "frameworks": frameworks,
+        }
         if brief:
             return described
         inp = m.inputs[0]

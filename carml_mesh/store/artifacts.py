@@ -1,16 +1,25 @@
-"""Content-addressed artifact store: ``ROOT/sha256/<hex>``; files enter only after their digest is checked."""
+"""Content-addressed artifact store: ``ROOT/sha256/<hex>``; files enter only after their digest is checked.
+
+Two ways in: ``import_file`` copies a file named by a manifest; ``ingest``/``import_stream`` take bytes as they
+arrive (an upload, a peer's artifact) into a temp file under ``ROOT/tmp``, hashing them on the way, and rename the
+file into place only once its digest is known and checked. A failure at any point removes the temp file.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import AsyncIterable
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, ArtifactMismatch, ArtifactTooLarge
 
 CHUNK = 1 << 20
 
@@ -74,6 +83,23 @@ class ArtifactStore:
         self._write_index()
         return actual
 
+    def ingest(self, *, limit: int | None = None, label: str = "artifact") -> Ingest:
+        """A temp file in the store's tmp dir to stream one artifact into; see :class:`Ingest`."""
+        return Ingest(self, limit=limit, label=label)
+
+    async def import_stream(
+        self, chunks: AsyncIterable[bytes], *, expected: str | None = None, limit: int | None = None, label: str = ""
+    ) -> str:
+        """Stream ``chunks`` into the store and return their sha256; never holds the whole artifact in memory.
+
+        Raises ArtifactTooLarge past ``limit`` bytes and ArtifactMismatch when ``expected`` is given and differs;
+        either way nothing is left behind."""
+        with self.ingest(limit=limit, label=label or "artifact") as ingest:
+            await ingest.feed(chunks)
+            await asyncio.to_thread(ingest.finish, expected)
+            await asyncio.to_thread(ingest.commit)
+            return ingest.sha256
+
     def verify(self, sha256: str) -> bool:
         """Whether the stored object still hashes to its name (detects a tampered or truncated file)."""
         path = self.path(sha256)
@@ -95,3 +121,87 @@ class ArtifactStore:
     def clear_tmp(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
+
+
+class Ingest:
+    """One artifact on its way into the store: write (hashing as it goes), finish (check), commit (rename).
+
+    A context manager: leaving it without ``commit`` (an error, a cancelled upload) removes the temp file. The
+    file operations block; async callers use ``feed`` or ``asyncio.to_thread``."""
+
+    def __init__(self, store: ArtifactStore, *, limit: int | None, label: str) -> None:
+        self.store = store
+        self.limit = limit
+        self.label = label
+        self.size = 0
+        self.sha256 = ""
+        self.committed = False
+        self._hash = hashlib.sha256()
+        fd, name = tempfile.mkstemp(dir=store.tmp, prefix="ingest-")
+        self.tmp = Path(name)
+        self._file = os.fdopen(fd, "wb")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        if not self.committed:
+            self.abort()
+
+    def write(self, data: bytes) -> None:
+        if self.sha256:
+            raise ArtifactError(f"{self.label}: written to after it was finished")
+        self.size += len(data)
+        if self.limit is not None and self.size > self.limit:
+            raise ArtifactTooLarge(f"{self.label} exceeds the limit of {self.limit} bytes", limit=self.limit)
+        self._hash.update(data)
+        self._file.write(data)
+
+    async def feed(self, chunks: AsyncIterable[bytes]) -> None:
+        """Write an async stream of chunks, gathered into CHUNK-sized writes done off the event loop."""
+        pending: list[bytes] = []
+        buffered = 0
+        async for chunk in chunks:
+            if not chunk:
+                continue
+            pending.append(chunk)
+            buffered += len(chunk)
+            if self.limit is not None and self.size + buffered > self.limit:
+                raise ArtifactTooLarge(f"{self.label} exceeds the limit of {self.limit} bytes", limit=self.limit)
+            if buffered >= CHUNK:
+                await asyncio.to_thread(self.write, b"".join(pending))
+                pending, buffered = [], 0
+        if pending:
+            await asyncio.to_thread(self.write, b"".join(pending))
+
+    def finish(self, expected: str | None = None) -> str:
+        """Flush to disk and return the digest; ArtifactMismatch (and the temp file gone) when it is not
+        ``expected``."""
+        if not self.sha256:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self.sha256 = self._hash.hexdigest()
+        if expected is not None and self.sha256 != expected:
+            self.abort()
+            raise ArtifactMismatch(
+                f"{self.label} has sha256 {self.sha256}, expected {expected}", expected=expected, actual=self.sha256
+            )
+        return self.sha256
+
+    def commit(self) -> Path:
+        """Rename the checked file into the store (atomic; an object already there is simply replaced by the same
+        bytes) and return its path."""
+        sha256 = self.finish()
+        target = self.store.path(sha256)
+        os.chmod(self.tmp, 0o444)
+        os.replace(self.tmp, target)
+        self.committed = True
+        return target
+
+    def abort(self) -> None:
+        """Remove the temp file; safe to call at any time, and twice."""
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.tmp.unlink()

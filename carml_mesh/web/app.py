@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from ..errors import CarmlError
-from . import api, kserve
+from . import api, kserve, models_api
+from .auth import make_auth_middleware
 
 if TYPE_CHECKING:
     from ..node.node import Node
@@ -23,8 +24,13 @@ STATIC = Path(__file__).parent / "static"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_response(status: int, message: str) -> web.Response:
-    return web.Response(status=status, body=json.dumps({"error": message}).encode(), content_type="application/json")
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps({"error": message}).encode(),
+        content_type="application/json",
+        headers=headers,
+    )
 
 
 @web.middleware
@@ -35,7 +41,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except CarmlError as exc:
         if exc.status >= 500:
             log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc)
-        return error_response(exc.status, str(exc))
+        return error_response(exc.status, str(exc), getattr(exc, "headers", None))
     except web.HTTPRequestEntityTooLarge as exc:
         return error_response(413, f"request body exceeds the limit of {exc.max_size} bytes")
     except web.HTTPException as exc:
@@ -48,9 +54,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 def make_app(node: Node) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware], client_max_size=node.config.max_body_bytes)
+    auth = make_auth_middleware(node.config.api_token, protect_all=node.config.protect_all)
+    app = web.Application(middlewares=[errors_middleware, auth], client_max_size=node.config.max_body_bytes)
     app[NODE] = node
     api.add_routes(app)
+    models_api.add_routes(app)
     kserve.add_routes(app)
     app.router.add_get("/", _index)
     app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)

@@ -14,9 +14,12 @@ def _responses(ok: dict[str, Any], *errors: int) -> dict[str, Any]:
     out: dict[str, Any] = {"200": ok}
     reasons = {
         400: "Bad input",
+        401: "The API token is missing or wrong (WWW-Authenticate: Bearer)",
         404: "Unknown model, version, framework or device",
+        409: "The name and version are published already (add ?replace=true), or cannot be withdrawn here",
         413: "Too large",
         415: "Unsupported Content-Type",
+        502: "A peer failed to supply an artifact, or served bytes that do not match their sha256",
         503: "Worker unavailable or model not servable here",
     }
     for code in errors:
@@ -28,6 +31,150 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {
         "description": description,
         "content": {"application/json": {"schema": schema}, "application/msgpack": {"schema": schema}},
+    }
+
+
+def _publishing_paths(model_path: dict[str, Any], version_path: dict[str, Any]) -> dict[str, Any]:
+    """Publishing, replication and withdrawal (web/models_api.py); each needs the API token when one is set."""
+    token = [{"bearer": []}]
+    result = _json(
+        {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"},
+                "version": {"type": "string"},
+                "frameworks": {"type": "array", "items": {"type": "object"}},
+                "replaced": {"type": "boolean"},
+                "unchanged": {"type": "boolean"},
+            },
+        }
+    )
+    per_peer = {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {
+                "node": {"type": "string"},
+                "name": {"type": "string"},
+                "ok": {"type": "boolean"},
+                "error": {"type": "string"},
+            },
+        },
+    }
+    return {
+        "/api/models": {
+            "post": {
+                "summary": "Publish a model: its manifest and one artifact per framework, streamed and verified",
+                "security": token,
+                "parameters": [{"name": "replace", "in": "query", "schema": {"type": "boolean"}}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "manifest": {"type": "string", "description": "the manifest's YAML text"},
+                                    "artifact.onnxruntime": {"type": "string", "format": "binary"},
+                                    "artifact.pytorch": {"type": "string", "format": "binary"},
+                                    "labels": {"type": "string", "description": "one label per line"},
+                                },
+                                "required": ["manifest"],
+                            }
+                        }
+                    },
+                },
+                "responses": _responses(result, 400, 401, 409, 413, 415),
+            }
+        },
+        "/api/models/pull": {
+            "post": {
+                "summary": "Fetch a model's missing artifacts from a peer, verify them, and publish it here",
+                "security": token,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "manifest": {"type": "string"},
+                                    "source": {"type": "string", "format": "uri"},
+                                    "replace": {"type": "boolean"},
+                                },
+                                "required": ["manifest", "source"],
+                            }
+                        }
+                    },
+                },
+                "responses": _responses(result, 400, 401, 409, 415, 502),
+            }
+        },
+        "/api/deployments": {
+            "post": {
+                "summary": "Ask peers (all, the N least loaded, or named ones) to pull a model this node holds",
+                "security": token,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "version": {"type": "string"},
+                                    "to": {
+                                        "oneOf": [
+                                            {"const": "all"},
+                                            {"type": "integer", "minimum": 1},
+                                            {"type": "array", "items": {"type": "string"}},
+                                        ]
+                                    },
+                                    "replace": {"type": "boolean"},
+                                },
+                                "required": ["name", "to"],
+                            }
+                        }
+                    },
+                },
+                "responses": _responses(
+                    _json({"type": "object", "properties": {"ok": {"type": "boolean"}, "results": per_peer}}),
+                    400,
+                    401,
+                    404,
+                    409,
+                ),
+            }
+        },
+        "/api/models/{name}/versions/{version}": {
+            "delete": {
+                "summary": "Withdraw a published model here (?everywhere=true: and on the peers that serve it)",
+                "security": token,
+                "parameters": [
+                    model_path,
+                    version_path,
+                    {"name": "everywhere", "in": "query", "schema": {"type": "boolean"}},
+                ],
+                "responses": _responses(
+                    _json({"type": "object", "properties": {"withdrawn": {"type": "boolean"}, "results": per_peer}}),
+                    400,
+                    401,
+                    404,
+                    409,
+                ),
+            }
+        },
+        "/api/artifacts/{sha256}": {
+            "get": {
+                "summary": "A stored artifact, streamed (peers pull from here)",
+                "parameters": [{"name": "sha256", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": {"description": "The artifact's bytes", "content": {"application/octet-stream": {}}},
+                    "400": {"description": "Not a sha256 digest", "content": {"application/json": {"schema": _ERROR}}},
+                    "404": {"description": "Not in the store", "content": {"application/json": {"schema": _ERROR}}},
+                },
+            }
+        },
     }
 
 
@@ -55,7 +202,7 @@ def openapi_document() -> dict[str, Any]:
             503,
         ),
     }
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "carml-mesh node API",
@@ -71,6 +218,12 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "summary": "This node: id, hardware, frameworks, devices, models, workers",
                     "responses": _responses(_json(ref("Node"))),
+                }
+            },
+            "/api/cluster": {
+                "get": {
+                    "summary": "The mesh as this node sees it: members, their states and cards, gossip statistics",
+                    "responses": _responses(_json({"type": "object"})),
                 }
             },
             "/api/models": {
@@ -171,6 +324,14 @@ def openapi_document() -> dict[str, Any]:
             },
         },
         "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the node's --api-token; needed by changes, and by everything but /api/health "
+                    "with --protect-all",
+                }
+            },
             "schemas": {
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
                 "Health": {
@@ -322,6 +483,9 @@ def openapi_document() -> dict[str, Any]:
                         "timings_ms": {"type": "object"},
                     },
                 },
-            }
+            },
         },
     }
+    for path, methods in _publishing_paths(model_path, version_path).items():
+        document["paths"].setdefault(path, {}).update(methods)
+    return document

@@ -59,6 +59,24 @@ async def test_warm_inference_and_clean_close(models_dir, digits_heldout, tmp_pa
     assert list(tmp_path.iterdir()) == []  # the socket is gone too
 
 
+async def test_unload_frees_the_model_in_the_worker(models_dir, tmp_path) -> None:
+    spec = digits_spec(models_dir)
+    async with LocalExecutor(tmp_path, LocalExecutorConfig(threads=1)) as executor:
+        await executor.load(spec)
+        await executor.unload(spec)
+        assert not executor.is_loaded(spec) and executor.statistics()["workers"][0]["models"] == []
+        await executor.unload(spec)  # twice is fine
+        # a load in flight while the model is withdrawn: it ends loaded in the worker, and a second unload frees it
+        loading = asyncio.ensure_future(executor.load(spec))
+        await asyncio.sleep(0)
+        await executor.unload(spec)
+        await loading
+        await executor.unload(spec)
+        assert not executor.is_loaded(spec)
+        (slot,) = executor._slots.values()
+        assert slot.worker is not None and spec.key not in slot.worker.loaded
+
+
 async def test_worker_crash_fails_in_flight_with_503_and_restarts(models_dir, digits_heldout, tmp_path) -> None:
     x, y = digits_heldout
     spec = digits_spec(models_dir)

@@ -605,13 +605,27 @@ def test_compound_version_constraint(digits: dict[str, Any]) -> None:
     "artifact",
     [
         {"path": "m.onnx", "url": "https://example.com/m.onnx", "sha256": GOOD_SHA},
-        {"sha256": GOOD_SHA},
         {"path": "", "url": ""},
+        {},
     ],
 )
 def test_artifact_needs_exactly_one_of_path_and_url(digits: dict[str, Any], artifact: dict[str, Any]) -> None:
     digits["frameworks"][0]["artifact"] = artifact
     refused(digits, "frameworks[0].artifact", "give exactly one of path or url")
+
+
+def test_artifact_by_sha256_alone_is_a_store_reference(digits: dict[str, Any]) -> None:
+    digits["frameworks"][0]["artifact"] = {"sha256": GOOD_SHA}
+    art = parse_manifest(digits, file=FILE).frameworks[0].artifact
+    assert (art.path, art.url, art.sha256) == (None, None, GOOD_SHA)
+    digits["frameworks"][0]["artifact"] = {"sha256": GOOD_SHA.upper()}
+    refused(digits, "frameworks[0].artifact.sha256", "does not match")
+
+
+@pytest.mark.parametrize("name", ["digits\n", "../x", "a/b", "..", "/etc/passwd", "A", "x" * 65])
+def test_names_are_matched_whole(digits: dict[str, Any], name: str) -> None:
+    digits["name"] = name
+    refused(digits, "name", "does not match")
 
 
 @pytest.mark.parametrize("url", ["http://example.com/m.onnx", "https://example.com/m.onnx"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,48 @@ def test_framework_not_installed(models_dir, tmp_path) -> None:
     d = catalog.get("m").deployments["onnxruntime"]
     assert not d.available and d.problem == "onnxruntime is not installed on this node"
     assert catalog.get("m").available_frameworks() == ["pytorch"]
+
+
+def test_the_catalog_changes_at_run_time(models_dir, tmp_path) -> None:
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    write_manifest(manifests, "good", "1.0.0", models_dir / "digits-cnn" / "model.onnx")
+    catalog = _build_catalog([manifests], ArtifactStore(tmp_path / "s"), FRAMEWORKS)
+    good = catalog.get("good", "1.0.0")
+    walked = []
+    for model in catalog:  # a change while one walks the catalog (the preloader does) is safe
+        walked.append(model.version)
+        catalog.put(replace(good, manifest=replace(good.manifest, version="2.0.0")))
+    assert walked == ["1.0.0"] and catalog.versions("good") == ["2.0.0", "1.0.0"]
+    assert catalog.put(good) is good  # replacing gives back the one replaced
+    assert catalog.remove("good", "2.0.0").version == "2.0.0"
+    assert catalog.remove("good", "1.0.0") is good
+    assert catalog.names() == [] and len(catalog) == 0 and catalog.find("good", "1.0.0") is None
+    with pytest.raises(NotFound):
+        catalog.remove("good", "1.0.0")
+
+
+def test_published_manifests_win_and_are_marked(models_dir, tmp_path) -> None:
+    onnx = models_dir / "digits-cnn" / "model.onnx"
+    store = ArtifactStore(tmp_path / "s")
+    digest = store.import_file(onnx)
+    manifests, published = tmp_path / "m", tmp_path / "published"
+    manifests.mkdir()
+    published.mkdir()
+    write_manifest(manifests, "m", "1", onnx)
+    write_manifest(published, "m", "1", onnx, sha=digest)
+    text = (
+        (published / "m-1.yml").read_text().replace(f"{{path: {onnx}, sha256: '{digest}'}}", f"{{sha256: '{digest}'}}")
+    )
+    (published / "m-1.yml").write_text(text)
+    catalog = _build_catalog([manifests], store, FRAMEWORKS, published)
+    m = catalog.get("m", "1")
+    assert m.published and m.manifest.file == str(published / "m-1.yml")
+    assert m.deployments["onnxruntime"].path == str(store.path(digest))
+    assert [str(p) for p in catalog.problems] == [
+        f"{manifests / 'm-1.yml'}: name: m 1 is also in {published / 'm-1.yml'}"
+    ]
+    # a published manifest whose artifact left the store: that framework is not servable, and says why
+    (published / "lost-1.yml").write_text(text.replace("name: m", "name: lost").replace(digest, "e" * 64))
+    lost = _build_catalog([], store, FRAMEWORKS, published).get("lost")
+    assert lost.deployments["onnxruntime"].problem == f"artifact sha256:{'e' * 64} is not in this node's store"

@@ -196,3 +196,23 @@ def test_unusable_port_is_a_clear_error(tmp_path) -> None:
             timeout=60,
         )
     assert result.returncode == 1 and "cannot start" in result.stderr
+
+
+def test_deploy_says_what_is_wrong_before_sending_anything(tmp_path, capsys) -> None:
+    from carml_mesh.node.cli import main
+
+    manifest = tmp_path / "m.yml"
+    manifest.write_text((REPO / "manifests" / "digits-cnn.yml").read_text())
+    url = ["--url", "http://127.0.0.1:9"]  # nothing listens there: each case fails before any request
+    cases = [
+        (["--artifact", "onnxruntime"], "give FRAMEWORK=PATH"),
+        (["--artifact", "tensorflow=x.pb"], "the manifest has no tensorflow framework"),
+        (["--artifact", f"onnxruntime={tmp_path / 'absent.onnx'}"], "absent.onnx is not a file"),
+        ([], "model.onnx is not a file"),  # the manifest's own relative paths, from its folder
+    ]
+    for extra, fragment in cases:
+        assert main(["deploy", str(manifest), *extra, *url]) == 2
+        assert fragment in capsys.readouterr().err
+    manifest.write_text("name: [")
+    assert main(["deploy", str(manifest), *url]) == 2
+    assert "invalid YAML" in capsys.readouterr().err

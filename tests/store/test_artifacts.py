@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import stat
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from carml_mesh.errors import ArtifactError
+from carml_mesh.errors import ArtifactError, ArtifactMismatch, ArtifactTooLarge
 from carml_mesh.store.artifacts import CHUNK, ArtifactStore, sha256_file
 
 
@@ -193,3 +195,85 @@ def test_clear_tmp_empties_the_tmp_folder(store: ArtifactStore) -> None:
     store.clear_tmp()
     assert store.tmp.is_dir()
     assert list(store.tmp.iterdir()) == []
+
+
+# --- streaming in: uploads and peers' artifacts -------------------------------------------------------------------
+
+
+async def chunks_of(data: bytes, size: int = 1000) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+def contents(store: ArtifactStore) -> tuple[list[str], list[str]]:
+    return sorted(os.listdir(store.tmp)), sorted(os.listdir(store.objects))
+
+
+async def test_import_stream_hashes_and_renames_into_place(store: ArtifactStore) -> None:
+    data = os.urandom(3 * CHUNK + 17)  # several buffered writes and a tail
+    digest = hashlib.sha256(data).hexdigest()
+    assert await store.import_stream(chunks_of(data, 70_000), expected=digest, limit=len(data)) == digest
+    assert store.path(digest).read_bytes() == data
+    assert stat.S_IMODE(store.path(digest).stat().st_mode) == 0o444
+    assert contents(store) == ([], [digest])
+    assert await store.import_stream(chunks_of(data)) == digest  # again: the same object, nothing else
+    assert contents(store) == ([], [digest])
+
+
+async def test_import_stream_refuses_a_wrong_digest_and_keeps_nothing(store: ArtifactStore) -> None:
+    data = b"weights" * 1000
+    with pytest.raises(ArtifactMismatch) as info:
+        await store.import_stream(chunks_of(data), expected="0" * 64, label="artifact.onnxruntime")
+    assert info.value.actual == hashlib.sha256(data).hexdigest() and info.value.expected == "0" * 64
+    assert str(info.value).startswith("artifact.onnxruntime has sha256 ")
+    assert contents(store) == ([], [])
+
+
+@pytest.mark.parametrize("size", [1001, CHUNK + 1, 3 * CHUNK])
+async def test_import_stream_stops_at_the_limit_and_keeps_nothing(store: ArtifactStore, size: int) -> None:
+    with pytest.raises(ArtifactTooLarge, match="exceeds the limit of 1000 bytes"):
+        await store.import_stream(chunks_of(b"x" * size, 999), limit=1000)
+    assert contents(store) == ([], [])
+    assert await store.import_stream(chunks_of(b"x" * 1000), limit=1000)  # exactly the limit is fine
+
+
+async def test_a_failing_or_cancelled_stream_keeps_nothing(store: ArtifactStore) -> None:
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"a" * CHUNK * 2
+        raise ConnectionResetError("the client went away")
+
+    with pytest.raises(ConnectionResetError):
+        await store.import_stream(broken())
+    assert contents(store) == ([], [])
+
+    started = asyncio.Event()
+
+    async def endless() -> AsyncIterator[bytes]:
+        while True:
+            started.set()
+            yield b"b" * 65536
+            await asyncio.sleep(0)
+
+    task = asyncio.ensure_future(store.import_stream(endless()))
+    await started.wait()
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert contents(store) == ([], [])
+
+
+def test_an_ingest_is_committed_only_once_checked(store: ArtifactStore) -> None:
+    with store.ingest(label="a") as first, store.ingest(label="b") as second:
+        first.write(b"one")
+        second.write(b"two")
+        assert len(os.listdir(store.tmp)) == 2
+        first.finish(hashlib.sha256(b"one").hexdigest())
+        first.commit()
+    # the second was never committed: leaving the block removed it
+    assert contents(store) == ([], [hashlib.sha256(b"one").hexdigest()])
+    with store.ingest() as ingest:
+        ingest.write(b"x")
+        ingest.finish()
+        with pytest.raises(ArtifactError, match="written to after it was finished"):
+            ingest.write(b"y")
