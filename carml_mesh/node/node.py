@@ -24,6 +24,7 @@ from ..exec.local import LocalExecutor, LocalExecutorConfig
 from ..gossip.config import GossipConfig
 from ..gossip.crypto import Keyring
 from ..gossip.mdns import local_ipv4_addresses
+from ..gossip.messages import State
 from ..store.artifacts import ArtifactStore
 from . import hardware
 from .card import card_digest
@@ -337,6 +338,17 @@ class Node:
                     if self.executor.is_loaded(spec):
                         keys.append(f"{m.name}@{m.version}/{f}/{device}")
         return keys
+
+    def peer_urls(self) -> list[str]:
+        """The HTTP base URLs of the other alive members."""
+        if self.mesh is None or self.mesh.gossip is None:
+            return []
+        urls = []
+        for m in self.mesh.gossip.members():
+            port = m.meta.get("http")
+            if m.name != self.id and m.state == State.ALIVE and isinstance(port, int):
+                urls.append(f"http://{m.addr[0]}:{port}")
+        return urls
 
     def public_url(self) -> str:
         host = self.config.advertise or (self._advertise_host() if self.config.gossip else None)

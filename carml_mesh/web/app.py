@@ -11,14 +11,16 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from ..errors import CarmlError
-from . import api, kserve, models_api
-from .auth import make_auth_middleware
+from ..trace.zipkin_store import SpanStore
+from . import api, kserve, models_api, zipkin
+from .auth import auth_headers, make_auth_middleware
 
 if TYPE_CHECKING:
     from ..node.node import Node
 
 log = logging.getLogger("carml.web")
 NODE: web.AppKey[Node] = web.AppKey("node")
+TRACE_STORE: web.AppKey[SpanStore] = web.AppKey("trace_store")
 STATIC = Path(__file__).parent / "static"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -42,8 +44,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status >= 500:
             log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc)
         return error_response(exc.status, str(exc), getattr(exc, "headers", None))
-    except web.HTTPRequestEntityTooLarge as exc:
-        return error_response(413, f"request body exceeds the limit of {exc.max_size} bytes")
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(413, f"request body exceeds the limit of {request.client_max_size} bytes")
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise
@@ -60,6 +62,9 @@ def make_app(node: Node) -> web.Application:
     api.add_routes(app)
     models_api.add_routes(app)
     kserve.add_routes(app)
+    # Zipkin v2 on every node: spans kept here; a trace asked for by id is assembled from the peers' parts too
+    app[TRACE_STORE] = SpanStore()
+    zipkin.add_routes(app, TRACE_STORE, peers=node.peer_urls, peer_headers=auth_headers(node.config.api_token))
     app.router.add_get("/", _index)
     app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)
     app.router.add_get("/samples/{file}", _sample)

@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -213,3 +214,60 @@ def test_gossip_tuning_is_checked() -> None:
         config_from_args(build_parser().parse_args(["--gossip-tuning", "probe_intervl=1"]))
     with pytest.raises(ConfigError, match="must be a positive number"):
         config_from_args(build_parser().parse_args(["--gossip-tuning", "probe_interval=-1"]))
+
+
+async def test_a_trace_split_across_nodes_is_assembled_by_either(tmp_path) -> None:
+    async with nodes(tmp_path, config(tmp_path, "a"), config(tmp_path, "b")) as (a, b):
+        await b.mesh.gossip.join([gossip_addr(a)])
+        await eventually(lambda: seen(a).get(b.id) == "alive" and a.peer_urls() == [b.url()])
+        trace = "5af7183fb1d4cf5f"
+        now_us = int(time.time() * 1e6)  # spans older than the store's retention (1 h) are dropped
+        parts = {
+            a: [
+                {
+                    "traceId": trace,
+                    "id": "0000000000000001",
+                    "name": "predict",
+                    "kind": "SERVER",
+                    "timestamp": now_us,
+                    "duration": 900,
+                    "localEndpoint": {"serviceName": "carml-node"},
+                }
+            ],
+            b: [
+                {
+                    "traceId": trace,
+                    "id": "0000000000000002",
+                    "parentId": "0000000000000001",
+                    "name": "infer",
+                    "kind": "SERVER",
+                    "timestamp": now_us + 100,
+                    "duration": 500,
+                    "localEndpoint": {"serviceName": "carml-node"},
+                }
+            ],
+        }
+        async with aiohttp.ClientSession() as http:
+            for node, spans in parts.items():
+                async with http.post(f"{node.url()}/api/v2/spans", json=spans) as resp:
+                    assert resp.status == 202
+            for node in (a, b):
+                async with http.get(f"{node.url()}/api/v2/trace/{trace}") as resp:
+                    assert resp.status == 200
+                    assert sorted(s["id"] for s in await resp.json()) == ["0000000000000001", "0000000000000002"]
+            async with http.post(f"{a.url()}/api/v2/spans", data=b"[{") as resp:
+                assert resp.status == 400 and "error" in await resp.json()
+
+
+async def test_a_chunked_body_over_the_limit_is_413(tmp_path) -> None:
+    async def chunks():
+        for _ in range(80):
+            yield b"\0" * (1 << 20)
+
+    cfg = config(tmp_path, "a")
+    async with (
+        nodes(tmp_path, cfg) as (a,),
+        aiohttp.ClientSession() as http,
+        http.post(f"{a.url()}/api/predict", data=chunks(), headers={"Content-Type": "application/msgpack"}) as resp,
+    ):
+        assert resp.status == 413 and "exceeds the limit" in (await resp.json())["error"]
