@@ -26,6 +26,7 @@ class PredictRequest:
     version: str | None = None
     framework: str | None = None
     device: str | None = None
+    node: str | None = None  # pin: run on this member (id or name) or fail
     top_k: int = DEFAULT_TOP_K
     images: tuple[bytes, ...] = ()
     tensors: dict[str, np.ndarray] | None = None  # batched, by input name

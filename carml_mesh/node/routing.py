@@ -151,7 +151,7 @@ class RoutedInference:
         budget = min(self.local.timeout, timeout) if timeout else self.local.timeout
         if forwarded:  # a peer chose us: serve here, never forward again
             return await self.local.predict(request, timeout=budget)
-        decision = self.decide(request.model, request.version, request.framework, request.device)
+        decision = self.decide(request.model, request.version, request.framework, request.device, node=request.node)
         result, attempts = await self._attempt(
             decision,
             budget,
@@ -164,11 +164,25 @@ class RoutedInference:
         result["route"] = {**decision.to_dict(), "attempts": attempts}
         return result
 
-    def decide(self, name: str, version: str | None, framework: str | None, device: str | None) -> Decision:
+    def decide(
+        self, name: str, version: str | None, framework: str | None, device: str | None, *, node: str | None = None
+    ) -> Decision:
         candidates = self.candidates(name, version, framework, device)
         if not candidates:
             raise self._nowhere(name, version, framework, device)
+        if node:
+            pinned = [c for c in candidates if node in (c.node, self._name_of(c))]
+            if not pinned:
+                able = ", ".join(sorted(str(self._name_of(c)) for c in candidates))
+                raise NotFound(f"node {node!r} cannot serve {name}; members that can: {able}")
+            candidates = pinned
         return self.router.decide(candidates)
+
+    def _name_of(self, candidate: Candidate) -> str | None:
+        if candidate.local:
+            return self.local.node.get("name")
+        card = self.mesh.cards.get(candidate.node) if self.mesh is not None else None
+        return card.get("name") if card else None
 
     async def _attempt(self, decision: Decision, budget: float, run: Callable[[Candidate, float], Any]) -> Any:
         loop = asyncio.get_running_loop()

@@ -141,7 +141,7 @@ async def _parse_multipart(request: web.Request, limit: int) -> PredictRequest:
                     raise PayloadTooLarge(f"upload exceeds the limit of {limit} bytes")
                 data.extend(chunk)
             images.append(bytes(data))
-        elif name in ("model", "version", "framework", "device", "top_k"):
+        elif name in ("model", "version", "framework", "device", "node", "top_k"):
             raw = await part.read_chunk(MAX_FIELD_BYTES + 1)
             if len(raw) > MAX_FIELD_BYTES:
                 raise BadRequest(f"form field {name!r} is longer than {MAX_FIELD_BYTES} bytes")

@@ -19,7 +19,7 @@ JSON = "application/json"
 MSGPACK = "application/msgpack"
 MSGPACK_TYPES = (MSGPACK, "application/x-msgpack", "application/vnd.msgpack")
 MAX_JSON_ELEMENTS = 16_000_000  # numbers in one JSON tensor: bounded before any allocation
-_FIELDS = ("model", "version", "framework", "device", "top_k", "inputs")
+_FIELDS = ("model", "version", "framework", "device", "node", "top_k", "inputs")
 
 
 def wants_msgpack(accept: str, content_type: str) -> bool:
@@ -127,6 +127,7 @@ def parse_document(doc: Any, *, binary: bool) -> PredictRequest:
         version=_str(doc, "version") or None,
         framework=_str(doc, "framework") or None,
         device=_str(doc, "device") or None,
+        node=_str(doc, "node") or None,
         top_k=_top_k(doc.get("top_k", DEFAULT_TOP_K)),
         images=tuple(images),
         tensors=stacked,

@@ -257,6 +257,10 @@ def openapi_document() -> dict[str, Any]:
                                         "version": {"type": "string"},
                                         "framework": {"type": "string"},
                                         "device": {"type": "string"},
+                                        "node": {
+                                            "type": "string",
+                                            "description": "run on this member (id or name) or fail",
+                                        },
                                         "top_k": {"type": "integer"},
                                         "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
                                     },
@@ -410,6 +414,7 @@ def openapi_document() -> dict[str, Any]:
                         "version": {"type": "string"},
                         "framework": {"type": "string", "enum": ["onnxruntime", "pytorch"]},
                         "device": {"type": "string"},
+                        "node": {"type": "string", "description": "run on this member (id or name) or fail"},
                         "top_k": {"type": "integer", "minimum": 1, "default": 5},
                         "inputs": {
                             "type": "array",

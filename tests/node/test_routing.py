@@ -179,6 +179,15 @@ async def test_a_model_only_c_has_is_served_through_a(mesh, cat_jpeg) -> None:
         length = int(resp.headers.get("Inference-Header-Content-Length", len(answer)))
         meta = json.loads(answer[:length])
         assert meta["model_name"] == "digits-cnn" and meta["parameters"]["node"] in (b.node_id, c.node_id)
+        # a pinned node serves it, or the answer says who could
+        status, doc = await predict_msgpack(
+            http, a.url, {"model": "digits-cnn", "node": "b", "inputs": [digits_item(x[0, 0])]}
+        )
+        assert status == 200 and doc["node"]["name"] == "b" and doc["route"]["chosen"] == b.node_id
+        status, doc = await predict_msgpack(
+            http, a.url, {"model": "digits-cnn", "node": "a", "inputs": [digits_item(x[0, 0])]}
+        )
+        assert status == 404 and "node 'a' cannot serve digits-cnn; members that can: b, c" in doc["error"]
         # what nobody serves is a 404 that says what the mesh does serve
         status, doc = await predict_msgpack(http, a.url, {"model": "resnet", "inputs": [digits_item(x[0])]})
         assert (

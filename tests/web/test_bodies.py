@@ -103,7 +103,7 @@ def test_top_k_must_be_an_integer(top_k: Any) -> None:
         ({"model": "m", "device": ["cpu"], "inputs": [{"image": B64}]}, "'device' must be a string, got list"),
         (
             {"model": "m", "modle": "x", "inputs": [{"image": B64}]},
-            "unknown field 'modle'; fields are model, version, framework, device, top_k, inputs",
+            "unknown field 'modle'; fields are model, version, framework, device, node, top_k, inputs",
         ),
         ({"model": "m"}, "'inputs' must be a non-empty list"),
         ({"model": "m", "inputs": []}, "'inputs' must be a non-empty list"),
