@@ -26,16 +26,8 @@ from carml_mesh.trace.zipkin_store import (
     validate_spans,
 )
 
-# the shared specs: in the repository's shared/ where a checkout has one, else beside the repository
-_REPO = Path(__file__).resolve().parents[2]
-SPEC = (
-    next(
-        (p for p in (_REPO / "shared", _REPO.parent / "shared") if (p / "specs" / "zipkin2-api.yaml").exists()),
-        _REPO / "shared",
-    )
-    / "specs"
-    / "zipkin2-api.yaml"
-)
+# the spec, vendored unchanged in tests/specs/ (Apache-2.0, openzipkin/zipkin-api)
+SPEC = Path(__file__).resolve().parents[1] / "specs" / "zipkin2-api.yaml"
 
 T0 = 1472470996199000  # µs, the time of Zipkin's quickstart example trace
 

@@ -22,16 +22,8 @@ from carml_mesh.trace.zipkin_store import SpanStore
 from carml_mesh.web import zipkin
 from carml_mesh.web.app import errors_middleware
 
-# the shared specs: in the repository's shared/ where a checkout has one, else beside the repository
-_REPO = Path(__file__).resolve().parents[2]
-SPEC_PATH = (
-    next(
-        (p for p in (_REPO / "shared", _REPO.parent / "shared") if (p / "specs" / "zipkin2-api.yaml").exists()),
-        _REPO / "shared",
-    )
-    / "specs"
-    / "zipkin2-api.yaml"
-)
+# the spec, vendored unchanged in tests/specs/ (Apache-2.0, openzipkin/zipkin-api)
+SPEC_PATH = Path(__file__).resolve().parents[1] / "specs" / "zipkin2-api.yaml"
 SPEC = yaml.safe_load(SPEC_PATH.read_text())
 STORE: web.AppKey[SpanStore] = web.AppKey("zipkin_store", SpanStore)
 T0 = 1472470996199000  # µs: Zipkin's quickstart trace
