@@ -17,93 +17,28 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import msgpack
 import numpy as np
 import pytest
+from nodeproc import Proc, gossip_address, launch, stop, wait_ready
 
 from carml_mesh.node.forward import FORWARDED
 from carml_mesh.node.replication import Peer, choose_peers, parse_source, parse_target
 
 REPO = Path(__file__).resolve().parents[2]
-FAST = "probe_interval=0.2,probe_timeout=0.1,gossip_interval=0.05,push_pull_interval=2,leave_propagate_delay=0.2"
 TOKEN = "mesh-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MSGPACK = "application/msgpack"
 
 
-@dataclass
-class Proc:
-    name: str
-    proc: subprocess.Popen[str]
-    data: Path
-    node_id: str = ""
-    url: str = ""
-
-
-def launch(tmp: Path, name: str, *extra: str, env: dict[str, str] | None = None) -> Proc:
-    (tmp / f"manifests-{name}").mkdir()
-    cmd = [
-        sys.executable,
-        "-m",
-        "carml_mesh.node",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--gossip-port",
-        "0",
-        "--data-dir",
-        str(tmp / name),
-        "--manifests",
-        str(tmp / f"manifests-{name}"),
-        "--name",
-        name,
-        "--executor",
-        "local",
-        "--no-mdns",
-        "--gossip-tuning",
-        FAST,
-        "--log-level",
-        "WARNING",
-        "--worker-threads",
-        "1",
-        *extra,
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, **(env or {})})
-    return Proc(name, proc, tmp / name)
-
-
-def wait_ready(p: Proc) -> Proc:
-    assert p.proc.stdout is not None
-    for line in p.proc.stdout:
-        if m := re.search(r"\((\w+)\) on (http://\S+?)/ ", line):
-            p.node_id, p.url = m.group(1), m.group(2)
-        if line.startswith("ready:"):
-            return p
-    raise AssertionError(f"{p.name} exited with {p.proc.wait()} before it was ready")
-
-
-def stop(p: Proc) -> None:
-    if p.proc.poll() is None:
-        p.proc.terminate()
-        try:
-            p.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.proc.kill()
-            p.proc.wait()
-    if p.proc.stdout is not None:
-        p.proc.stdout.close()
-
-
-def gossip_address(url: str) -> str:
-    import urllib.request
-
-    with urllib.request.urlopen(url + "/api/cluster", timeout=10) as resp:
-        return next(m["address"] for m in json.loads(resp.read())["members"] if m["self"])
+def node(tmp: Path, name: str, *extra: str, env: dict[str, str] | None = None) -> Proc:
+    """A node with a manifests folder of its own, empty: it serves only what is published to it."""
+    folder = tmp / f"manifests-{name}"
+    folder.mkdir()
+    return launch(tmp, name, folder, *extra, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -112,11 +47,11 @@ def mesh(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     (tmp / "token").write_text(TOKEN + "\n")
     procs: dict[str, Proc] = {}
     try:
-        procs["a"] = wait_ready(launch(tmp, "a", "--api-token", TOKEN))
+        procs["a"] = wait_ready(node(tmp, "a", "--api-token", TOKEN))
         seed = gossip_address(procs["a"].url)
         common = ("--protect-all", "--lazy", "--join", seed)
-        procs["b"] = launch(tmp, "b", "--api-token-file", str(tmp / "token"), *common)
-        procs["c"] = launch(tmp, "c", *common, env={"CARML_API_TOKEN": TOKEN})
+        procs["b"] = node(tmp, "b", "--api-token-file", str(tmp / "token"), *common)
+        procs["c"] = node(tmp, "c", *common, env={"CARML_API_TOKEN": TOKEN})
         wait_ready(procs["b"])
         wait_ready(procs["c"])
         yield procs

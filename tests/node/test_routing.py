@@ -5,32 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
-import subprocess
-import sys
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import msgpack
 import numpy as np
 import pytest
+from nodeproc import REPO, Proc, gossip_address, launch, stop, wait_ready
 
-REPO = Path(__file__).resolve().parents[2]
-FAST = "probe_interval=0.2,probe_timeout=0.1,gossip_interval=0.05,push_pull_interval=2,leave_propagate_delay=0.2"
 MSGPACK = "application/msgpack"
-
-
-@dataclass
-class Proc:
-    name: str
-    proc: subprocess.Popen[str]
-    node_id: str
-    url: str
-    gossip: str
 
 
 def manifests_with(tmp: Path, name: str, models: list[str]) -> Path:
@@ -44,64 +29,9 @@ def manifests_with(tmp: Path, name: str, models: list[str]) -> Path:
 
 
 def start(tmp: Path, name: str, models: list[str], join: str | None = None) -> Proc:
-    cmd = [
-        sys.executable,
-        "-m",
-        "carml_mesh.node",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--gossip-port",
-        "0",
-        "--data-dir",
-        str(tmp / name),
-        "--manifests",
-        str(manifests_with(tmp, name, models)),
-        "--name",
-        name,
-        "--executor",
-        "local",
-        "--no-mdns",
-        "--gossip-tuning",
-        FAST,
-        "--log-level",
-        "WARNING",
-        "--worker-threads",
-        "1",
-    ]
-    if join:
-        cmd += ["--join", join]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO)
-    assert proc.stdout is not None
-    node_id = url = ""
-    for line in proc.stdout:
-        if m := re.search(r"\((\w+)\) on (http://\S+?)/ ", line):
-            node_id, url = m.group(1), m.group(2)
-        if line.startswith("ready:"):
-            break
-    else:
-        raise AssertionError(f"{name} exited with {proc.wait()} before it was ready")
-    me = next(m for m in get_json(url + "/api/cluster")["members"] if m["self"])
-    return Proc(name, proc, node_id, url, me["address"])
-
-
-def get_json(url: str) -> dict:
-    """Setup code runs outside the event loop: a plain blocking GET."""
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.loads(resp.read())
-
-
-def stop(p: Proc) -> None:
-    if p.proc.poll() is None:
-        p.proc.terminate()
-        try:
-            p.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.proc.kill()
-            p.proc.wait()
-    if p.proc.stdout is not None:
-        p.proc.stdout.close()
+    p = wait_ready(launch(tmp, name, manifests_with(tmp, name, models), *(["--join", join] if join else [])))
+    p.gossip = gossip_address(p.url)
+    return p
 
 
 @pytest.fixture
