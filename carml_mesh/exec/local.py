@@ -197,6 +197,10 @@ class LocalExecutor(Executor):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def in_flight(self) -> int:
+        """Requests now at this executor's workers (cheap: read on every routed request)."""
+        return sum(s.worker.in_flight for s in self._slots.values() if s.worker is not None)
+
     def statistics(self) -> dict[str, Any]:
         workers = []
         for (framework, device), slot in self._slots.items():

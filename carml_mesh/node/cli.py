@@ -180,6 +180,21 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     mesh.add_argument(
         "--advertise", default=_env("ADVERTISE"), help="the address peers reach this node at (default: from --host)"
     )
+    tr = p.add_argument_group("tracing")
+    tr.add_argument(
+        "--zipkin",
+        default=_env("ZIPKIN"),
+        metavar="URL",
+        help="also export spans to this Zipkin server, e.g. http://host:9411/api/v2/spans (the node keeps its "
+        "spans and answers /api/v2 anyway) [CARML_ZIPKIN]",
+    )
+    tr.add_argument(
+        "--trace-level",
+        default=_env("TRACE_LEVEL", "none"),
+        choices=("none", "application", "model", "framework"),
+        help="default trace level of /api/predict; a request may ask for another with the X-Carml-Trace-Level "
+        "header [CARML_TRACE_LEVEL]",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
@@ -212,6 +227,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         manifests_dirs=tuple(manifests),
         samples_dir=Path(args.samples) if args.samples else None,
         preload=not args.lazy,
+        zipkin_url=args.zipkin or None,
+        trace_level=args.trace_level,
         worker_threads=args.worker_threads,
         max_body_bytes=int(args.max_body_mb * (1 << 20)),
         request_timeout=args.request_timeout,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,6 +15,11 @@ from ..errors import BadRequest, NotFound, PayloadTooLarge, WorkerUnavailable
 from ..exec.base import Executor, ModelSpec
 from ..exec.worker.protocol import ProtocolError, decode_tensor, encode_tensor
 from .catalog import Catalog, ServedModel
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from ..trace.setup import Tracing
 
 DEFAULT_TOP_K = 5
 MAX_TOP_K = 1000
@@ -47,6 +52,7 @@ class InferenceService:
         self.node = node
         self.max_batch = max_batch
         self.timeout = timeout
+        self.tracing: Tracing | None = None  # set by the node
 
     def select(self, model: ServedModel, framework: str | None, device: str | None) -> ModelSpec:
         """The deployment a request names, or the first servable one in manifest order."""
@@ -104,7 +110,7 @@ class InferenceService:
                 tensors[model.manifest.inputs[0].name] = tensors.pop("")
             tensors = check_tensors(model, tensors)
             message["tensors"] = {name: encode_tensor(t) for name, t in tensors.items()}
-        reply = await self.executor.infer(spec, message, timeout=timeout or self.timeout)
+        reply = await self._traced_infer(spec, message, batch, timeout or self.timeout)
         total = (time.perf_counter() - started) * 1e3
         results = _results(reply, batch, classify)
         t = reply.get("timings", {})
@@ -134,6 +140,52 @@ class InferenceService:
                 "node": max(0.0, total - worker_ms - float(reply.get("load_ms", 0.0))),
             },
         }
+
+    async def _traced_infer(self, spec: ModelSpec, message: dict[str, Any], batch: int, timeout: float) -> Any:
+        """The executor call; at trace level ``model``, a span for it and the worker's stages under it."""
+        if self.tracing is None:
+            return await self.executor.infer(spec, message, timeout=timeout)
+        from ..trace.setup import MODEL
+
+        attributes = {
+            "carml.model": spec.key,
+            "carml.framework": spec.framework,
+            "carml.device": spec.device,
+            "carml.batch_size": batch,
+            "carml.executor": str(getattr(self.executor, "kind", "")),
+        }
+        with self.tracing.span("executor.infer", level=MODEL, attributes=attributes) as span:
+            reply = await self.executor.infer(spec, message, timeout=timeout)
+            if span is not None:
+                self._worker_spans(span, reply, batch)
+            return reply
+
+    def _worker_spans(self, parent: Span, reply: dict[str, Any], batch: int) -> None:
+        """The worker's stages as spans, laid out in the order the worker runs them, from its reported durations.
+
+        The worker says when the request arrived (``received_unix_ns``); an older worker does not, and then the
+        stages are placed to end when the reply came.
+        """
+        assert self.tracing is not None
+        t = reply.get("timings", {}) or {}
+        decode, prep = _as_list(t.get("decode"), batch), _as_list(t.get("preprocess"), batch)
+        stages: list[tuple[str, float, dict[str, Any]]] = [("worker.queue", float(t.get("queue", 0.0)), {})]
+        if "decode" in t:
+            for n in range(batch):
+                stages.append(("worker.decode", decode[n], {"carml.input": n}))
+                stages.append(("worker.preprocess", prep[n], {"carml.input": n}))
+        stages.append(("worker.compute", float(t.get("compute", 0.0)), {}))
+        stages.append(("worker.postprocess", float(t.get("postprocess", 0.0)), {}))
+        total_ns = sum(int(ms * 1e6) for _, ms, _ in stages)
+        start = reply.get("received_unix_ns")
+        if not isinstance(start, int) or start <= 0:
+            start = time.time_ns() - total_ns
+        if reply.get("load_ms"):
+            parent.set_attribute("carml.load_ms", float(reply["load_ms"]))
+        for name, ms, attributes in stages:
+            end = start + int(ms * 1e6)
+            self.tracing.child(parent, name, start, end, {"carml.duration_ms": ms, **attributes})
+            start = end
 
     async def infer_tensors(
         self,

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -26,6 +27,7 @@ from ..gossip.crypto import Keyring
 from ..gossip.mdns import local_ipv4_addresses
 from ..gossip.messages import State
 from ..store.artifacts import ArtifactStore
+from ..trace.setup import Tracing
 from . import hardware
 from .card import card_digest
 from .catalog import Catalog, ServedModel, build_catalog
@@ -76,6 +78,7 @@ class Node:
         self.store: ArtifactStore = None  # type: ignore[assignment]  # set in __aenter__
         self.publisher: Publisher = None  # type: ignore[assignment]  # set in __aenter__
         self.replicator: Replicator = None  # type: ignore[assignment]  # set in __aenter__
+        self.tracing: Tracing = None  # type: ignore[assignment]  # set in __aenter__
         self._stack = contextlib.AsyncExitStack()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -138,7 +141,19 @@ class Node:
             )
         )
         self._stack.push_async_callback(self._cancel_tasks)
-        runner = web.AppRunner(make_app(self), access_log=None, shutdown_timeout=1.0)
+        app = make_app(self)
+        from ..web.app import TRACE_STORE
+
+        self.tracing = Tracing(
+            node_id=self.id,
+            host=socket.gethostname(),
+            store=app[TRACE_STORE],
+            zipkin_url=config.zipkin_url,
+            level=config.trace_level,
+        )
+        self.inference.tracing = self.tracing
+        self._stack.push_async_callback(self.tracing.aclose)  # after the server stopped: its last spans flushed
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
         site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
@@ -162,6 +177,7 @@ class Node:
         self.routed = RoutedInference(
             self.id, self.inference, self.mesh, forwarder, warm=self._warm, load=self.in_flight
         )
+        self.routed.tracing = self.tracing
         if config.preload:
             self._spawn(self._preload())
         else:
@@ -323,6 +339,8 @@ class Node:
     def in_flight(self) -> int:
         """Requests running on this node's workers now."""
         assert self.executor is not None
+        if isinstance(self.executor, LocalExecutor):  # the Docker executor is one too
+            return self.executor.in_flight()
         return sum(int(w.get("in_flight", 0)) for w in self.executor.statistics().get("workers", []))
 
     def _warm(self) -> list[str]:

@@ -8,10 +8,11 @@ is the same answer anywhere and is returned at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CarmlError, NotFound, RequestError, WorkerUnavailable
 from ..gossip.messages import State
@@ -19,6 +20,11 @@ from .forward import Forwarder, ForwardError
 from .inference import InferenceService, PredictRequest
 from .mesh import Mesh
 from .router import Candidate, Decision, Router
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from ..trace.setup import Tracing
 
 log = logging.getLogger("carml.routing")
 
@@ -57,6 +63,7 @@ class RoutedInference:
         self._load = load
         self.forwarded = 0
         self.retries = 0
+        self.tracing: Tracing | None = None  # set by the node
 
     # --- who can serve it -----------------------------------------------------------------------------------------
 
@@ -69,10 +76,17 @@ class RoutedInference:
         return True
 
     def candidates(self, name: str, version: str | None, framework: str | None, device: str | None) -> list[Candidate]:
-        found = []
+        peers = self._peer_candidates(name, version, framework, device)
         if self._local_capable(name, version, framework, device):
-            warm = any(_matches(k, name, version, framework, device) for k in self._warm())
-            found.append(Candidate(self.node_id, None, warm, float(self._load())))
+            # warm and load matter only against peers: a node alone skips computing them on the hot path
+            warm = bool(peers) and any(_matches(k, name, version, framework, device) for k in self._warm())
+            return [Candidate(self.node_id, None, warm, float(self._load()) if peers else 0.0), *peers]
+        return peers
+
+    def _peer_candidates(
+        self, name: str, version: str | None, framework: str | None, device: str | None
+    ) -> list[Candidate]:
+        found: list[Candidate] = []
         if self.mesh is None or self.mesh.gossip is None:
             return found
         for member in self.mesh.gossip.members():
@@ -151,18 +165,60 @@ class RoutedInference:
         budget = min(self.local.timeout, timeout) if timeout else self.local.timeout
         if forwarded:  # a peer chose us: serve here, never forward again
             return await self.local.predict(request, timeout=budget)
-        decision = self.decide(request.model, request.version, request.framework, request.device, node=request.node)
-        result, attempts = await self._attempt(
-            decision,
-            budget,
-            lambda c, t: (
-                self.local.predict(request, timeout=t)
-                if c.local
-                else self.forwarder.predict(str(c.url), request, timeout=t, trace=trace)
-            ),
-        )
+        if request.node is None and not self._has_peers():
+            # alone in the mesh (or no mesh): nothing to choose, no decision on the hot path
+            result = await self.local.predict(request, timeout=budget)
+            result["route"] = {
+                "chosen": self.node_id,
+                "reason": "no peer in the mesh",
+                "candidates": [],
+                "attempts": [{"node": self.node_id, "ok": True}],
+            }
+            return result
+        with self._span("route") as span:
+            decision = self.decide(request.model, request.version, request.framework, request.device, node=request.node)
+            if span is not None:
+                span.set_attributes(
+                    {
+                        "carml.route.candidates": [
+                            f"{c.node} local={c.local} warm={c.warm} load={c.load:g}" for c in decision.candidates
+                        ],
+                        "carml.route.choice": decision.order[0].node if decision.order else "",
+                        "carml.route.reason": decision.reason,
+                        "carml.route.order": [c.node for c in decision.order],
+                    }
+                )
+
+        async def run(c: Candidate, t: float) -> Any:
+            if c.local:
+                return await self.local.predict(request, timeout=t)
+            from opentelemetry.trace import SpanKind
+
+            attributes = {"carml.peer.id": c.node, "carml.peer.url": str(c.url), "http.method": "POST"}
+            with self._span("forward /api/predict", kind=SpanKind.CLIENT, attributes=attributes) as hop:
+                return await self.forwarder.predict(str(c.url), request, timeout=t, trace=self._hop_headers(hop, trace))
+
+        result, attempts = await self._attempt(decision, budget, run)
         result["route"] = {**decision.to_dict(), "attempts": attempts}
         return result
+
+    def _has_peers(self) -> bool:
+        return self.mesh is not None and bool(self.mesh.cards)
+
+    def _span(self, name: str, **kw: Any) -> contextlib.AbstractContextManager[Span | None]:
+        if self.tracing is None:
+            return contextlib.nullcontext(None)
+        return self.tracing.span(name, **kw)
+
+    def _hop_headers(self, hop: Span | None, incoming: dict[str, str] | None) -> dict[str, str]:
+        """The trace headers for a peer: our CLIENT span as its parent, and the request's trace level."""
+        if self.tracing is None:
+            return dict(incoming or {})
+        from ..trace.setup import LEVEL_HEADER, LEVELS, current_level, inject
+
+        headers = inject(hop) if hop is not None else dict(incoming or {})
+        headers[LEVEL_HEADER] = LEVELS[current_level()]
+        return headers
 
     def decide(
         self, name: str, version: str | None, framework: str | None, device: str | None, *, node: str | None = None
@@ -229,6 +285,8 @@ class RoutedInference:
         trace: dict[str, str] | None,
     ) -> tuple[int, dict[str, str], bytes] | None:
         """For the Open Inference Protocol: None when this node should serve it, else the relayed answer."""
+        if not self._has_peers():
+            return None  # alone: this node serves it (or answers 404)
         budget = min(self.local.timeout, timeout) if timeout else self.local.timeout
         decision = self.decide(name, version, framework, None)
         if decision.order[0].local:

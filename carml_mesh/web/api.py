@@ -12,6 +12,7 @@ from aiohttp import BodyPartReader, web
 from ..errors import BadRequest, PayloadTooLarge
 from ..node.forward import FORWARDED, TIMEOUT_MS, TRACE_HEADERS
 from ..node.inference import PredictRequest
+from ..trace.setup import NONE
 from . import bodies
 from .openapi import openapi_document
 
@@ -97,7 +98,32 @@ async def get_model(request: web.Request) -> web.Response:
 
 
 async def predict(request: web.Request) -> web.Response:
+    """Traced at the request's level: the server span (joined to the caller's trace) and ``trace_id`` in the answer."""
+    from opentelemetry.trace import SpanKind
+
+    from ..trace.setup import extract, hex_trace_id, reset_level, set_level
+
     node = _node(request)
+    tracing = node.tracing
+    level = tracing.request_level(request.headers)
+    if level == NONE:  # not a span, not a context lookup on the hot path
+        return _reply(request, await _predict(request, node))
+    token = set_level(level)
+    try:
+        attributes = {"http.method": "POST", "http.route": "/api/predict", "carml.node.name": node.name}
+        with tracing.span(
+            "POST /api/predict", kind=SpanKind.SERVER, context=extract(request.headers), attributes=attributes
+        ) as span:
+            answer = await _predict(request, node)
+            if span is not None:
+                answer["trace_id"] = hex_trace_id(span)
+                span.set_attributes({"carml.model": str(answer.get("model")), "http.status_code": 200})
+    finally:
+        reset_level(token)
+    return _reply(request, answer)
+
+
+async def _predict(request: web.Request, node: Node) -> dict[str, Any]:
     content_type = bodies.check_content_type(request.content_type)
     if request.content_length is not None and request.content_length > node.config.max_body_bytes:
         raise PayloadTooLarge(
@@ -109,7 +135,7 @@ async def predict(request: web.Request) -> web.Response:
         body = await request.read()
         parsed = bodies.parse_json_body(body) if content_type == bodies.JSON else bodies.parse_msgpack_body(body)
     forwarded, timeout, trace = hop_headers(request)
-    return _reply(request, await node.routed.predict(parsed, forwarded=forwarded, timeout=timeout, trace=trace))
+    return await node.routed.predict(parsed, forwarded=forwarded, timeout=timeout, trace=trace)
 
 
 def hop_headers(request: web.Request) -> tuple[bool, float | None, dict[str, str]]:

@@ -78,7 +78,9 @@ class WorkerService:
         t0 = time.perf_counter()
         outputs = model.runner.run(feed)
         timings["compute"] = (time.perf_counter() - t0) * 1e3
-        reply: dict[str, Any] = {"timings": timings}
+        # when the request arrived, on the wall clock: lets the node place the stages above as spans of a trace
+        received_unix_ns = time.time_ns() - int((time.perf_counter() - received) * 1e9)
+        reply: dict[str, Any] = {"timings": timings, "received_unix_ns": received_unix_ns}
         t0 = time.perf_counter()
         top_k = msg.get("top_k")
         output_spec = model.spec["outputs"][0]
