@@ -70,7 +70,9 @@ def wait_ready(p: Proc) -> Proc:
             p.node_id, p.url = m.group(1), m.group(2)
         if line.startswith("ready:"):
             return p
-    raise AssertionError(f"{p.name} exited with {p.proc.wait()} before it was ready")
+    code = p.proc.wait()
+    p.proc.stdout.close()
+    raise AssertionError(f"{p.name} exited with {code} before it was ready")
 
 
 def stop(p: Proc) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import random
 import time
@@ -90,14 +91,23 @@ class Gossip:
         loop = asyncio.get_running_loop()
         host, port = self.config.addr
         bind_host = self.config.bind_host or host
-        try:
-            udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(bind_host, port))
-            self._udp = udp
-            port = udp.get_extra_info("sockname")[1]  # the real port when 0 was asked for
-            self._tcp = await asyncio.start_server(self._serve_tcp, bind_host, port, reuse_address=True)
-        except OSError as exc:
-            await self.aclose()
-            raise GossipError(f"cannot listen for gossip on {bind_host}:{port}: {exc.strerror or exc}") from exc
+        wanted = port
+        # Port 0: the kernel picks a free UDP port, but that number may be taken for TCP; then pick again.
+        for attempt in range(1 if wanted else 20):
+            try:
+                udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(bind_host, wanted))
+                self._udp = udp
+                port = udp.get_extra_info("sockname")[1]  # the real port when 0 was asked for
+                self._tcp = await asyncio.start_server(self._serve_tcp, bind_host, port, reuse_address=True)
+                break
+            except OSError as exc:
+                if self._udp is not None:
+                    self._udp.close()
+                    self._udp = None
+                if wanted == 0 and exc.errno == errno.EADDRINUSE and attempt < 19:
+                    continue
+                await self.aclose()
+                raise GossipError(f"cannot listen for gossip on {bind_host}:{port}: {exc.strerror or exc}") from exc
         config = self.config if port == self.config.addr[1] else _with_port(self.config, port)
         self.membership = Membership(config, meta=self._meta, now=loop.time(), rng=self._rng)
         self._timer = asyncio.create_task(self._run_timers(), name="gossip-timers")
