@@ -16,6 +16,7 @@ import jsonschema
 import pytest
 import yaml
 from aiohttp import web
+from zipkin_example import T0, TRACE, example_trace
 
 from carml_mesh.errors import CarmlError
 from carml_mesh.trace.zipkin_store import SpanStore
@@ -26,8 +27,6 @@ from carml_mesh.web.app import errors_middleware
 SPEC_PATH = Path(__file__).resolve().parents[1] / "specs" / "zipkin2-api.yaml"
 SPEC = yaml.safe_load(SPEC_PATH.read_text())
 STORE: web.AppKey[SpanStore] = web.AppKey("zipkin_store", SpanStore)
-T0 = 1472470996199000  # µs: Zipkin's quickstart trace
-TRACE = "86154a4ba6e91385"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -53,49 +52,6 @@ async def tiny_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return await handler(request)
     except CarmlError as exc:
         return web.json_response({"error": str(exc)}, status=exc.status)
-
-
-def example_trace() -> list[dict[str, Any]]:
-    """Zipkin's frontend -> backend example, as a tracer would send it."""
-    return [
-        {
-            "traceId": TRACE,
-            "id": TRACE,
-            "kind": "SERVER",
-            "name": "get /",
-            "timestamp": T0,
-            "duration": 232000,
-            "localEndpoint": {"serviceName": "frontend", "ipv4": "192.168.1.2", "port": 8081},
-            "remoteEndpoint": {"ipv6": "::1", "port": 62390},
-            "tags": {"http.method": "GET", "http.path": "/"},
-        },
-        {
-            "traceId": TRACE,
-            "parentId": TRACE,
-            "id": "4d1e00c0db9010db",
-            "kind": "CLIENT",
-            "name": "get",
-            "timestamp": T0 + 10000,
-            "duration": 207000,
-            "localEndpoint": {"serviceName": "frontend", "ipv4": "192.168.1.2"},
-            "remoteEndpoint": {"serviceName": "backend", "ipv4": "192.168.1.3", "port": 9000},
-            "annotations": [{"timestamp": T0 + 11000, "value": "ws"}, {"timestamp": T0 + 210000, "value": "wr"}],
-            "tags": {"http.method": "GET", "http.path": "/api"},
-        },
-        {
-            "traceId": TRACE,
-            "parentId": TRACE,
-            "id": "4d1e00c0db9010db",
-            "kind": "SERVER",
-            "name": "get /api",
-            "timestamp": T0 + 12000,
-            "duration": 200000,
-            "shared": True,
-            "localEndpoint": {"serviceName": "backend", "ipv4": "192.168.1.3", "port": 9000},
-            "remoteEndpoint": {"ipv4": "192.168.1.2", "port": 52108},
-            "tags": {"http.method": "GET", "http.path": "/api", "http.status_code": "200"},
-        },
-    ]
 
 
 def make_app(
