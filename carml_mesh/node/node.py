@@ -27,6 +27,8 @@ from ..gossip.crypto import Keyring
 from ..gossip.mdns import local_ipv4_addresses
 from ..gossip.messages import State
 from ..store.artifacts import ArtifactStore
+from ..store.db import FILENAME as DB_FILENAME
+from ..store.db import Database
 from ..trace.setup import Tracing
 from . import hardware
 from .card import card_digest
@@ -79,6 +81,7 @@ class Node:
         self.publisher: Publisher = None  # type: ignore[assignment]  # set in __aenter__
         self.replicator: Replicator = None  # type: ignore[assignment]  # set in __aenter__
         self.tracing: Tracing = None  # type: ignore[assignment]  # set in __aenter__
+        self.db: Database = None  # type: ignore[assignment]  # set in __aenter__: runs, evaluations, feedback
         self._stack = contextlib.AsyncExitStack()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -108,6 +111,7 @@ class Node:
         self.id = _node_id(config.data_dir)
         self.store = store = ArtifactStore(config.data_dir / "artifacts")
         store.clear_tmp()  # what a killed upload or pull left behind
+        self.db = await self._stack.enter_async_context(Database(config.data_dir / DB_FILENAME))
         published = config.data_dir / "published"
         self.hardware = await asyncio.to_thread(hardware.probe)
         # Unix socket paths are limited to 108 bytes, so the run dir lives in /tmp rather than the data dir.
