@@ -294,6 +294,7 @@ class DockerExecutor(LocalExecutor):
         socket_path = self.run_dir / f"cold-{next(self._names)}.sock"
         worker = self._new_worker(model.framework, model.device, socket_path)
         t0 = time.perf_counter()
+        t0_unix_ns = time.time_ns()  # where the container's start lies in a trace
         try:
             async with asyncio.timeout(timeout):
                 await worker.start()
@@ -308,7 +309,11 @@ class DockerExecutor(LocalExecutor):
         finally:
             await worker.aclose()
         reply["load_ms"] = float(load.get("load_ms", 0.0))
-        reply["cold"] = {"container_start_ms": (started - t0) * 1e3, "load_ms": reply["load_ms"]}
+        reply["cold"] = {
+            "container_start_ms": (started - t0) * 1e3,
+            "load_ms": reply["load_ms"],
+            "started_unix_ns": t0_unix_ns,
+        }
         return reply
 
     def statistics(self) -> dict[str, Any]:

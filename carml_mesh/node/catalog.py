@@ -178,6 +178,12 @@ def served_model(
             }
         ],
         "labels": list(labels),
+        # dynamic batching (carml_mesh/exec/batching.py): the manifest's max_batch_size > 1 declares a dynamic batch
+        # dimension; 1 (the default) leaves the model unbatched
+        "batching": {
+            "max_batch_size": manifest.batching.max_batch_size,
+            "max_queue_delay_ms": manifest.batching.max_queue_delay_ms,
+        },
     }
     return ServedModel(manifest, labels, deployments, wire, published)
 

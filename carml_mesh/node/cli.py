@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..bench import cli as bench_cli
+from ..bench import eval_cli
 from ..errors import CarmlError, ConfigError
 from . import client
 from .config import DEFAULT_HOST, DEFAULT_PORT, NodeConfig, default_data_dir
@@ -57,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check manifest files and say what is wrong with each")
     validate.add_argument("manifests", nargs="+", type=Path)
     client.add_parsers(sub)
+    eval_cli.add_parsers(sub)  # evaluate: accuracy on a labelled dataset
+    bench_cli.add_parsers(sub)  # bench: MLPerf-style scenarios run on a node
     return parser
 
 
@@ -132,6 +136,20 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     ex.add_argument("--docker-url", default=_env("DOCKER_URL"), help="the engine (default: $DOCKER_HOST)")
     ex.add_argument("--docker-memory-mb", type=int, default=4096, help="memory limit per worker container")
     ex.add_argument("--docker-cpus", type=float, default=0.0, help="CPU limit per worker container (0: none)")
+    ex.add_argument(
+        "--batching",
+        choices=("auto", "off"),
+        default=_env("BATCHING", "auto"),
+        help="dynamic batching of concurrent requests: auto (for models whose manifest sets batching.max_batch_size "
+        "above 1) or off [CARML_BATCHING]",
+    )
+    ex.add_argument(
+        "--max-queue-delay-ms",
+        type=float,
+        default=float(d) if (d := _env("MAX_QUEUE_DELAY_MS")) else None,
+        help="how long a forming batch may wait for more requests while the worker is busy; overrides the "
+        "manifests' batching.max_queue_delay_ms [CARML_MAX_QUEUE_DELAY_MS]",
+    )
     mesh = p.add_argument_group("mesh")
     mesh.add_argument(
         "--cluster",
@@ -217,6 +235,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
             token = Path(args.api_token_file).read_text().strip()
         except OSError as exc:
             raise ConfigError(f"cannot read the API token file {args.api_token_file}: {exc.strerror}") from exc
+    if args.max_queue_delay_ms is not None and not args.max_queue_delay_ms >= 0:
+        raise ConfigError(f"--max-queue-delay-ms must be 0 or more, got {args.max_queue_delay_ms}")
     if args.max_artifact_mb <= 0:
         raise ConfigError(f"--max-artifact-mb must be positive, got {args.max_artifact_mb}")
     joins = args.join if args.join is not None else [j for j in (_env("JOIN") or "").split(",") if j.strip()]
@@ -237,6 +257,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         docker_mode=args.docker_mode,
         docker_memory_bytes=args.docker_memory_mb << 20,
         docker_cpus=args.docker_cpus,
+        batching=args.batching,
+        max_queue_delay_ms=args.max_queue_delay_ms,
         gossip=not args.no_gossip,
         gossip_port=args.gossip_port,
         cluster=args.cluster,
@@ -368,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
                 bad += 1
                 print(f"error {exc}")
         return 1 if bad else 0
+    if command == "bench":
+        return bench_cli.main(args)
+    if command == "evaluate":
+        return eval_cli.main(args)
     if command in ("deploy", "withdraw"):
         try:
             if command == "deploy":

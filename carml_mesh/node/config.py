@@ -39,6 +39,8 @@ class NodeConfig:
     preload: bool = True  # load every servable model at start, as a serving system does
     worker_threads: int = 0
     worker_pool: int = 2
+    batching: str = "auto"  # auto: dynamic batching for models whose manifest allows it (max_batch_size > 1); off
+    max_queue_delay_ms: float | None = None  # overrides every manifest's batching.max_queue_delay_ms
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_batch: int = DEFAULT_MAX_BATCH

@@ -35,6 +35,7 @@ class PredictRequest:
     top_k: int = DEFAULT_TOP_K
     images: tuple[bytes, ...] = ()
     tensors: dict[str, np.ndarray] | None = None  # batched, by input name
+    trace_level: int | None = None  # asked for in the body (carml_mesh.trace.setup levels); None: header/default
 
     @property
     def batch_size(self) -> int:
@@ -142,11 +143,18 @@ class InferenceService:
         }
 
     async def _traced_infer(self, spec: ModelSpec, message: dict[str, Any], batch: int, timeout: float) -> Any:
-        """The executor call; at trace level ``model``, a span for it and the worker's stages under it."""
-        if self.tracing is None:
+        """The executor call; at trace level ``model``, a span for it and the worker's stages under it; at
+        ``framework``, the worker profiles the run and its operators become spans under ``worker.compute``."""
+        tracing = self.tracing
+        if tracing is None:
             return await self.executor.infer(spec, message, timeout=timeout)
-        from ..trace.setup import MODEL
+        from ..trace.setup import FRAMEWORK, MODEL, current_level
 
+        level = current_level()
+        if level < MODEL:
+            return await self.executor.infer(spec, message, timeout=timeout)
+        if level >= FRAMEWORK:
+            message["profile"] = True
         attributes = {
             "carml.model": spec.key,
             "carml.framework": spec.framework,
@@ -154,38 +162,11 @@ class InferenceService:
             "carml.batch_size": batch,
             "carml.executor": str(getattr(self.executor, "kind", "")),
         }
-        with self.tracing.span("executor.infer", level=MODEL, attributes=attributes) as span:
+        with tracing.span("executor.infer", level=MODEL, attributes=attributes) as span:
             reply = await self.executor.infer(spec, message, timeout=timeout)
             if span is not None:
-                self._worker_spans(span, reply, batch)
+                worker_spans(tracing, span, reply, batch)
             return reply
-
-    def _worker_spans(self, parent: Span, reply: dict[str, Any], batch: int) -> None:
-        """The worker's stages as spans, laid out in the order the worker runs them, from its reported durations.
-
-        The worker says when the request arrived (``received_unix_ns``); an older worker does not, and then the
-        stages are placed to end when the reply came.
-        """
-        assert self.tracing is not None
-        t = reply.get("timings", {}) or {}
-        decode, prep = _as_list(t.get("decode"), batch), _as_list(t.get("preprocess"), batch)
-        stages: list[tuple[str, float, dict[str, Any]]] = [("worker.queue", float(t.get("queue", 0.0)), {})]
-        if "decode" in t:
-            for n in range(batch):
-                stages.append(("worker.decode", decode[n], {"carml.input": n}))
-                stages.append(("worker.preprocess", prep[n], {"carml.input": n}))
-        stages.append(("worker.compute", float(t.get("compute", 0.0)), {}))
-        stages.append(("worker.postprocess", float(t.get("postprocess", 0.0)), {}))
-        total_ns = sum(int(ms * 1e6) for _, ms, _ in stages)
-        start = reply.get("received_unix_ns")
-        if not isinstance(start, int) or start <= 0:
-            start = time.time_ns() - total_ns
-        if reply.get("load_ms"):
-            parent.set_attribute("carml.load_ms", float(reply["load_ms"]))
-        for name, ms, attributes in stages:
-            end = start + int(ms * 1e6)
-            self.tracing.child(parent, name, start, end, {"carml.duration_ms": ms, **attributes})
-            start = end
 
     async def infer_tensors(
         self,
@@ -208,12 +189,108 @@ class InferenceService:
         message: dict[str, Any] = {"tensors": {n: encode_tensor(t) for n, t in tensors.items()}}
         if outputs:
             message["outputs"] = outputs
-        reply = await self.executor.infer(spec, message, timeout=timeout or self.timeout)
+        reply = await self._traced_infer(spec, message, batch, timeout or self.timeout)
         try:
             decoded = {n: decode_tensor(t) for n, t in reply.get("outputs", {}).items()}
         except ProtocolError as exc:
             raise WorkerUnavailable(f"worker sent a malformed tensor: {exc}") from exc
         return model, spec, decoded
+
+
+def worker_spans(tracing: Tracing, parent: Span, reply: dict[str, Any], batch: int) -> None:
+    """What the reply says happened below the executor call, as finished spans under ``parent``.
+
+    In order: ``container.start`` and ``model.load`` when the request had to start them (cold), ``batch.wait``
+    when a batcher held it to form a batch, then the worker's stages (queue, decode and preprocess per input,
+    compute, postprocess) from their reported durations, and at level framework the profiled operators under
+    ``worker.compute``. The worker says when the request arrived (``received_unix_ns``); an older worker does
+    not, and then the stages are placed to end when the reply came.
+    """
+    t = reply.get("timings") or {}
+    decode, prep = _as_list(t.get("decode"), batch), _as_list(t.get("preprocess"), batch)
+    stages: list[tuple[str, float, dict[str, Any]]] = [("worker.queue", float(t.get("queue", 0.0)), {})]
+    if "decode" in t:
+        for n in range(batch):
+            stages.append(("worker.decode", decode[n], {"carml.input": n}))
+            stages.append(("worker.preprocess", prep[n], {"carml.input": n}))
+    stages.append(("worker.compute", float(t.get("compute", 0.0)), {}))
+    stages.append(("worker.postprocess", float(t.get("postprocess", 0.0)), {}))
+    total_ns = sum(int(ms * 1e6) for _, ms, _ in stages)
+    start = reply.get("received_unix_ns")
+    if not isinstance(start, int) or start <= 0:
+        start = time.time_ns() - total_ns
+    _cold_spans(tracing, parent, reply, start)
+    _batch_span(tracing, parent, reply, start)
+    compute: Span | None = None
+    compute_start = start
+    for name, ms, attributes in stages:
+        end = start + int(ms * 1e6)
+        span = tracing.child(parent, name, start, end, {"carml.duration_ms": ms, **attributes})
+        if name == "worker.compute":
+            compute, compute_start = span, start
+        start = end
+    ops = reply.get("ops")
+    if compute is not None and isinstance(ops, list):
+        _op_spans(tracing, compute, ops, compute_start)
+
+
+def _cold_spans(tracing: Tracing, parent: Span, reply: dict[str, Any], received_ns: int) -> None:
+    """``container.start`` (docker cold mode, which says when it began) and ``model.load``; else the load alone,
+    placed to end when the worker received the request."""
+    load_ms = _number(reply.get("load_ms"))
+    cold = reply.get("cold") if isinstance(reply.get("cold"), dict) else {}
+    container_ms = _number(cold.get("container_start_ms"))
+    began = cold.get("started_unix_ns")
+    if isinstance(began, int) and began > 0 and container_ms:
+        end = began + int(container_ms * 1e6)
+        tracing.child(parent, "container.start", began, end, {"carml.duration_ms": container_ms})
+        load_start = end
+    elif load_ms:
+        load_start = received_ns - int(load_ms * 1e6)
+    else:
+        return
+    if load_ms:
+        parent.set_attribute("carml.load_ms", load_ms)
+        tracing.child(parent, "model.load", load_start, load_start + int(load_ms * 1e6), {"carml.duration_ms": load_ms})
+
+
+def _batch_span(tracing: Tracing, parent: Span, reply: dict[str, Any], received_ns: int) -> None:
+    """``batch.wait``: how long the batcher held the request to form its batch, ending when it sent the batch."""
+    batching = reply.get("batching")
+    if not isinstance(batching, dict):
+        return
+    timings = reply.get("timings") or {}
+    wait_ms = _number(batching.get("wait_ms", timings.get("batch_wait")))
+    end = batching.get("dispatched_unix_ns")
+    if not isinstance(end, int) or end <= 0:
+        end = received_ns
+    attributes: dict[str, Any] = {"carml.duration_ms": wait_ms}
+    for key in ("batch_size", "requests"):
+        value = batching.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            attributes[f"carml.batch.{key}"] = value
+    tracing.child(parent, "batch.wait", end - int(wait_ms * 1e6), end, attributes)
+
+
+def _op_spans(tracing: Tracing, compute: Span, ops: list[Any], compute_start: int) -> None:
+    """The profiled operators (see carml_mesh.exec.worker.profiling) under ``worker.compute``, nested as given."""
+    spans: list[Span | None] = []
+    for n, op in enumerate(ops):
+        if not isinstance(op, dict) or not isinstance(op.get("name"), str):
+            spans.append(None)  # a malformed op: skipped, its children hang from compute
+            continue
+        parent_index = op.get("parent")
+        parent = compute
+        if isinstance(parent_index, int) and 0 <= parent_index < n:
+            parent = spans[parent_index] or compute
+        start = compute_start + int(_number(op.get("start_us")) * 1e3)
+        dur_us = _number(op.get("dur_us"))
+        attributes = {"carml.op.type": str(op.get("op", "")), "carml.duration_ms": dur_us / 1e3}
+        spans.append(tracing.child(parent, op["name"] or "op", start, start + int(dur_us * 1e3), attributes))
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else 0.0
 
 
 def check_tensors(model: ServedModel, tensors: dict[str, np.ndarray], *, cast: bool = True) -> dict[str, np.ndarray]:

@@ -19,8 +19,11 @@ from typing import Any, Self
 from aiohttp import web
 
 from .. import __version__
+from ..bench.accuracy import Evaluations
+from ..bench.manager import BenchmarkManager
 from ..errors import CarmlError, ConfigError, WorkerUnavailable
 from ..exec.base import Executor
+from ..exec.batching import BatchingExecutor
 from ..exec.local import LocalExecutor, LocalExecutorConfig
 from ..gossip.config import GossipConfig
 from ..gossip.crypto import Keyring
@@ -82,6 +85,8 @@ class Node:
         self.replicator: Replicator = None  # type: ignore[assignment]  # set in __aenter__
         self.tracing: Tracing = None  # type: ignore[assignment]  # set in __aenter__
         self.db: Database = None  # type: ignore[assignment]  # set in __aenter__: runs, evaluations, feedback
+        self.evaluations: Evaluations = None  # type: ignore[assignment]  # set in __aenter__
+        self.benchmarks: BenchmarkManager = None  # type: ignore[assignment]  # set in __aenter__
         self._stack = contextlib.AsyncExitStack()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -119,6 +124,13 @@ class Node:
         self._stack.callback(shutil.rmtree, run_dir, True)
         devices = list(config.devices) or (["cpu"] + [f"cuda:{g['index']}" for g in self.hardware["gpus"]])
         self.executor = executor = await self._open_executor(run_dir, store.root, devices)
+        if config.batching not in ("auto", "off"):
+            raise ConfigError(f"batching {config.batching!r}: use auto or off")
+        if config.batching != "off":  # dynamic batching per (model, framework, device): carml_mesh/exec/batching.py
+            self.executor = executor = BatchingExecutor(
+                executor, pool=config.worker_pool, max_queue_delay_ms=config.max_queue_delay_ms
+            )
+            self._stack.push_async_callback(executor.aclose)  # before the workers stop: queued requests get a 503
         self.catalog = await build_catalog(
             list(config.manifests_dirs), store, executor.frameworks(), published=published
         )
@@ -182,6 +194,10 @@ class Node:
             self.id, self.inference, self.mesh, forwarder, warm=self._warm, load=self.in_flight
         )
         self.routed.tracing = self.tracing
+        # accuracy evaluations: entered last, so their tasks are cancelled before the inference they use stops
+        self.evaluations = await self._stack.enter_async_context(Evaluations(self))
+        # benchmark runs: likewise closed (cancelled, partial results stored) before what they measure stops
+        self.benchmarks = await self._stack.enter_async_context(BenchmarkManager(self))
         if config.preload:
             self._spawn(self._preload())
         else:
@@ -281,7 +297,7 @@ class Node:
                 await self._stack.aclose()
         except TimeoutError:
             log.error("shutdown took longer than %.1f s; killing what is left", self.config.shutdown_timeout)
-            if isinstance(self.executor, LocalExecutor):
+            if isinstance(self.executor, LocalExecutor | BatchingExecutor):
                 for pid in self.executor.worker_pids():
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, 9)
@@ -343,7 +359,7 @@ class Node:
     def in_flight(self) -> int:
         """Requests running on this node's workers now."""
         assert self.executor is not None
-        if isinstance(self.executor, LocalExecutor):  # the Docker executor is one too
+        if isinstance(self.executor, LocalExecutor | BatchingExecutor):  # the Docker executor is a LocalExecutor too
             return self.executor.in_flight()
         return sum(int(w.get("in_flight", 0)) for w in self.executor.statistics().get("workers", []))
 
@@ -419,6 +435,7 @@ class Node:
             "problems": [str(p) for p in self.catalog.problems],
             "load_errors": self.load_errors,
             "workers": self.executor.statistics().get("workers", []),
+            "batching": self.executor.statistics().get("batching", {}),  # per deployment, when batching is on
             "routing": self.routed.statistics() if self.routed is not None else None,
         }
 

@@ -295,7 +295,12 @@ class RoutedInference:
         async def run(c: Candidate, t: float) -> Any:
             if c.local:
                 return None
-            return await self.forwarder.relay(str(c.url), path, body, headers, timeout=t, trace=trace)
+            from opentelemetry.trace import SpanKind
+
+            attributes = {"carml.peer.id": c.node, "carml.peer.url": str(c.url), "http.method": "POST"}
+            with self._span(f"forward {path}", kind=SpanKind.CLIENT, attributes=attributes) as hop:
+                hop_trace = self._hop_headers(hop, trace)
+                return await self.forwarder.relay(str(c.url), path, body, headers, timeout=t, trace=hop_trace)
 
         answer, _ = await self._attempt(decision, budget, run)
         return answer

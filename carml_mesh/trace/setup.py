@@ -25,19 +25,27 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from types import TracebackType
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, TraceFlags
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ..errors import ConfigError
-from .zipkin_store import SpanStore, validate_spans
+from .zipkin_store import (
+    MAX_ANNOTATIONS_PER_SPAN,
+    MAX_LABEL_BYTES,
+    MAX_TAG_VALUE_BYTES,
+    MAX_TAGS_PER_SPAN,
+    SpanStore,
+)
 
 log = logging.getLogger("carml.trace")
 
@@ -46,6 +54,8 @@ LEVEL_HEADER = "X-Carml-Trace-Level"
 LEVELS = ("none", "application", "model", "framework")
 NONE, APPLICATION, MODEL, FRAMEWORK = range(4)
 EXPORT_TIMEOUT_S = 2  # one POST to the Zipkin server
+FLUSH_DELAY_S = 0.25  # ended spans wait at most this long before they are stored (a query drains them anyway)
+MAX_PENDING = 256  # ...or until this many have ended
 
 _level: contextvars.ContextVar[int] = contextvars.ContextVar("carml_trace_level", default=NONE)
 _w3c = TraceContextTextMapPropagator()
@@ -127,55 +137,139 @@ def _tag(value: Any) -> str:
     return str(value)
 
 
-def to_zipkin(span: ReadableSpan) -> dict[str, Any]:
-    """One finished OTel span as a Zipkin v2 JSON span (ids in hex, times in µs)."""
-    ctx = span.get_span_context()
-    assert ctx is not None
+def to_store_span(span: ReadableSpan) -> dict[str, Any]:
+    """One finished span of ours straight in the store's canonical form (what :func:`validate_spans` returns).
+
+    Our own spans need no validation: ids are lower-case hex of the right length and never zero, times are
+    integers; only names are lower-cased, tags sorted and bounded, as the validator would.
+    """
+    ctx = span.context
     start = span.start_time or 0
     end = span.end_time or start
-    doc: dict[str, Any] = {
-        "traceId": format(ctx.trace_id, "032x"),
-        "id": format(ctx.span_id, "016x"),
-        "name": span.name,
-        "timestamp": start // 1000,
-        "duration": max(1, (end - start) // 1000),
-        "localEndpoint": {"serviceName": str(span.resource.attributes.get("service.name", SERVICE_NAME))},
-    }
-    if span.parent is not None:
-        doc["parentId"] = format(span.parent.span_id, "016x")
-    if span.kind in _KINDS:
-        doc["kind"] = _KINDS[span.kind]
-    tags = {k: _tag(v) for k, v in (span.attributes or {}).items()}
-    for key in ("carml.node.id", "host.name"):
-        if key in span.resource.attributes:
-            tags.setdefault(key, _tag(span.resource.attributes[key]))
-    if not span.status.is_ok and span.status.description:
-        tags["error"] = span.status.description
-    doc["tags"] = tags
+    doc: dict[str, Any] = {"traceId": format(ctx.trace_id, "032x")}  # type: ignore[union-attr]
+    parent = span.parent
+    if parent is not None and parent.span_id != ctx.span_id:  # type: ignore[union-attr]
+        doc["parentId"] = format(parent.span_id, "016x")
+    doc["id"] = format(ctx.span_id, "016x")  # type: ignore[union-attr]
+    kind = _KINDS.get(span.kind)
+    if kind is not None:
+        doc["kind"] = kind
+    name = span.name.lower()[:MAX_LABEL_BYTES]
+    if name:
+        doc["name"] = name
+    if start > 0:
+        doc["timestamp"] = start // 1000
+    doc["duration"] = max(1, (end - start) // 1000)
+    resource = span.resource.attributes
+    doc["localEndpoint"] = {"serviceName": str(resource.get("service.name", SERVICE_NAME)).lower()}
     if span.events:
-        doc["annotations"] = [{"timestamp": e.timestamp // 1000, "value": e.name} for e in span.events]
+        marks = {(e.timestamp // 1000, e.name[:MAX_TAG_VALUE_BYTES]) for e in span.events if e.timestamp}
+        doc["annotations"] = [{"timestamp": t, "value": v} for t, v in sorted(marks)[:MAX_ANNOTATIONS_PER_SPAN]]
+    tags = {k[:MAX_LABEL_BYTES]: _tag(v)[:MAX_TAG_VALUE_BYTES] for k, v in (span.attributes or {}).items()}
+    for key in ("carml.node.id", "host.name"):
+        if key in resource and key not in tags:
+            tags[key] = _tag(resource[key])
+    status = span.status
+    if status.status_code is StatusCode.ERROR:
+        tags.setdefault("otel.status_code", "ERROR")
+        if status.description:
+            tags["error"] = status.description[:MAX_TAG_VALUE_BYTES]
+    if tags:
+        doc["tags"] = dict(sorted(tags.items())[:MAX_TAGS_PER_SPAN])
     return doc
 
 
-class StoreExporter(SpanExporter):
-    """Finished spans into the node's own span store, as Zipkin v2 spans."""
+class StoreProcessor(SpanProcessor):
+    """Finished spans into the node's own span store, converted and stored in batches off the request's path.
 
-    def __init__(self, store: SpanStore) -> None:
+    Ending a span only appends it to a list. The list is converted (:func:`to_store_span`) and stored a moment
+    later on the event loop, or at once when it grows long, or whenever the store is read: the store drains this
+    processor before it answers (:meth:`SpanStore.add_source`), so a trace is queryable as soon as its spans end.
+    Spans end on the event loop only; outside a running loop (a script, a test) they are stored at once.
+    """
+
+    def __init__(self, store: SpanStore, *, delay_s: float = FLUSH_DELAY_S, max_pending: int = MAX_PENDING) -> None:
         self.store = store
+        self.delay_s = delay_s
+        self.max_pending = max_pending
+        self._pending: list[ReadableSpan] = []
+        self._timer: asyncio.TimerHandle | None = None
+        store.add_source(self.flush)
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        pending = self._pending
+        pending.append(span)
+        if len(pending) >= self.max_pending:
+            self.flush()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._timer = loop.call_later(self.delay_s, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
         try:
-            self.store.add(validate_spans([to_zipkin(s) for s in spans]))
+            self.store.add([to_store_span(s) for s in pending])
         except Exception:
-            log.exception("could not store %d span(s)", len(spans))
-            return SpanExportResult.FAILURE
-        return SpanExportResult.SUCCESS
+            log.exception("could not store %d span(s)", len(pending))
 
     def shutdown(self) -> None:
-        pass
+        self.flush()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        self.flush()
+        return True
 
 
 # ------------------------------------------------------------------------------------------------ the node's tracer
+
+
+_NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext(None)
+
+
+class _Scope:
+    """``start_as_current_span`` without its generator layers: this is on every traced request's path."""
+
+    __slots__ = ("attributes", "context", "kind", "name", "span", "start_time", "token", "tracer")
+
+    def __init__(
+        self,
+        tracer: trace.Tracer,
+        name: str,
+        kind: SpanKind,
+        context: Context | None,
+        attributes: Any,
+        start_time: int | None,
+    ) -> None:
+        self.tracer, self.name, self.kind, self.context, self.attributes = tracer, name, kind, context, attributes
+        self.start_time = start_time
+
+    def __enter__(self) -> Span:
+        span = self.span = self.tracer.start_span(
+            self.name, context=self.context, kind=self.kind, attributes=self.attributes, start_time=self.start_time
+        )
+        self.token = otel_context.attach(trace.set_span_in_context(span))
+        return span
+
+    def __exit__(self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        otel_context.detach(self.token)
+        span = self.span
+        if exc is not None:
+            if isinstance(exc, Exception):
+                span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        span.end()
 
 
 class Tracing:
@@ -195,8 +289,9 @@ class Tracing:
         resource = Resource.create({"service.name": SERVICE_NAME, "carml.node.id": node_id, "host.name": host})
         self.store = store
         self.provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-        # the store: synchronous and cheap (a dict insert on the event loop), so a trace is queryable at once
-        self.provider.add_span_processor(SimpleSpanProcessor(StoreExporter(store)))
+        # the store: batched on the event loop; a query drains the batch first, so a trace is queryable at once
+        self.store_processor = StoreProcessor(store)
+        self.provider.add_span_processor(self.store_processor)
         self.zipkin_url = zipkin_url
         if zipkin_url:
             from opentelemetry.exporter.zipkin.json import Protocol, ZipkinExporter
@@ -218,7 +313,6 @@ class Tracing:
 
             raise BadRequest(str(exc)) from None
 
-    @contextlib.contextmanager
     def span(
         self,
         name: str,
@@ -227,20 +321,20 @@ class Tracing:
         kind: SpanKind = SpanKind.INTERNAL,
         context: Context | None = None,
         attributes: Mapping[str, Any] | None = None,
-    ) -> Iterator[Span | None]:
-        """A current span when the request's level reaches ``level``; else nothing at all (yields None)."""
-        if current_level() < level or self._closed:
-            yield None
-            return
-        with self.tracer.start_as_current_span(
-            name, context=context, kind=kind, attributes=dict(attributes or {})
-        ) as span:
-            yield span
+        start_time: int | None = None,
+    ) -> contextlib.AbstractContextManager[Span | None]:
+        """A current span when the request's level reaches ``level``; else nothing at all (yields None).
+
+        ``start_time`` (ns since the epoch) backdates the span: to when the request arrived, say.
+        """
+        if _level.get() < level or self._closed:
+            return _NO_SPAN
+        return _Scope(self.tracer, name, kind, context, attributes, start_time)
 
     def child(
         self, parent: Span, name: str, start_ns: int, end_ns: int, attributes: Mapping[str, Any] | None = None
-    ) -> None:
-        """A finished span under ``parent`` with given times (stages another process measured)."""
+    ) -> Span:
+        """A finished span under ``parent`` with given times (stages another process measured); it may parent more."""
         span = self.tracer.start_span(
             name,
             context=trace.set_span_in_context(parent),
@@ -248,6 +342,7 @@ class Tracing:
             attributes=dict(attributes or {}),
         )
         span.end(end_time=max(start_ns, end_ns))
+        return span
 
     def _shutdown(self, timeout_s: float) -> None:
         self.provider.force_flush(timeout_millis=int(timeout_s * 1000))
@@ -258,4 +353,5 @@ class Tracing:
         if self._closed:
             return
         self._closed = True
+        self.store_processor.flush()  # on the loop, where the store lives
         await asyncio.to_thread(self._shutdown, timeout_s)

@@ -626,18 +626,34 @@ class SpanStore:
         self.accepted = 0
         self.expired = 0  # spans dropped for age, when added or later
         self.evicted = 0  # spans dropped to stay under max_spans / max_bytes
+        self._sources: list[Callable[[], None]] = []
+
+    def add_source(self, drain: Callable[[], None]) -> None:
+        """Register a writer that holds spans back (to batch them): ``drain()`` must :meth:`add` what it holds.
+
+        The store calls every source's ``drain`` before it answers anything, so a span that has ended is visible
+        to the next query even when its writer has not flushed it yet.
+        """
+        self._sources.append(drain)
+
+    def _drain(self) -> None:
+        for drain in self._sources:
+            drain()
 
     # -- sizes
 
     def __len__(self) -> int:
+        self._drain()
         return self._span_count
 
     @property
     def trace_count(self) -> int:
+        self._drain()
         return len(self._traces)
 
     @property
     def byte_estimate(self) -> int:
+        self._drain()
         return self._bytes
 
     # -- writing
@@ -761,6 +777,7 @@ class SpanStore:
         return int(self.retention_s * 1_000_000)
 
     def _fresh(self) -> None:
+        self._drain()
         self._expire(self._now_us())
 
     def services(self) -> list[str]:

@@ -65,21 +65,22 @@ async def node_info(request: web.Request) -> web.Response:
 
 
 async def cluster(request: web.Request) -> web.Response:
-    node = _node(request)
+    return _reply(request, cluster_document(_node(request)))
+
+
+def cluster_document(node: Node) -> dict[str, Any]:
+    """GET /api/cluster's document (also the payload of /api/events)."""
     if node.mesh is None:
         me = {"id": node.id, "self": True, "state": "alive", "card": None}
-        return _reply(
-            request,
-            {
-                "self": node.id,
-                "cluster": None,
-                "members": [me],
-                "gossip": None,
-                "discovery": None,
-                "note": "gossip is off on this node (--no-gossip)",
-            },
-        )
-    return _reply(request, node.mesh.cluster_view())
+        return {
+            "self": node.id,
+            "cluster": None,
+            "members": [me],
+            "gossip": None,
+            "discovery": None,
+            "note": "gossip is off on this node (--no-gossip)",
+        }
+    return node.mesh.cluster_view()
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -98,42 +99,64 @@ async def get_model(request: web.Request) -> web.Response:
 
 
 async def predict(request: web.Request) -> web.Response:
-    """Traced at the request's level: the server span (joined to the caller's trace) and ``trace_id`` in the answer."""
+    """Traced at the request's level: the server span (joined to the caller's trace) and ``trace_id`` in the answer.
+
+    The level is the body's ``trace`` field, else the X-Carml-Trace-Level header, else the node's default.
+    """
+    node = _node(request)
+    level = node.tracing.request_level(request.headers)
+    if level == NONE:  # not a span, not a context lookup on the hot path, unless the body asks for one
+        started_ns = time.time_ns()
+        parsed = await _parse_predict(request, node)
+        if not parsed.trace_level:
+            return _reply(request, await _route_predict(request, node, parsed))
+        return _reply(request, await _traced_predict(request, node, parsed.trace_level, parsed, started_ns))
+    return _reply(request, await _traced_predict(request, node, level, None, None))
+
+
+async def _traced_predict(
+    request: web.Request, node: Node, level: int, parsed: PredictRequest | None, started_ns: int | None
+) -> dict[str, Any]:
     from opentelemetry.trace import SpanKind
 
     from ..trace.setup import extract, hex_trace_id, reset_level, set_level
 
-    node = _node(request)
-    tracing = node.tracing
-    level = tracing.request_level(request.headers)
-    if level == NONE:  # not a span, not a context lookup on the hot path
-        return _reply(request, await _predict(request, node))
     token = set_level(level)
     try:
         attributes = {"http.method": "POST", "http.route": "/api/predict", "carml.node.name": node.name}
-        with tracing.span(
-            "POST /api/predict", kind=SpanKind.SERVER, context=extract(request.headers), attributes=attributes
+        with node.tracing.span(
+            "POST /api/predict",
+            kind=SpanKind.SERVER,
+            context=extract(request.headers),
+            attributes=attributes,
+            start_time=started_ns,
         ) as span:
-            answer = await _predict(request, node)
+            if parsed is None:
+                parsed = await _parse_predict(request, node)
+                if parsed.trace_level is not None:  # the body's word over the header's
+                    set_level(parsed.trace_level)
+            answer = await _route_predict(request, node, parsed)
             if span is not None:
                 answer["trace_id"] = hex_trace_id(span)
                 span.set_attributes({"carml.model": str(answer.get("model")), "http.status_code": 200})
     finally:
         reset_level(token)
-    return _reply(request, answer)
+    return answer
 
 
-async def _predict(request: web.Request, node: Node) -> dict[str, Any]:
+async def _parse_predict(request: web.Request, node: Node) -> PredictRequest:
     content_type = bodies.check_content_type(request.content_type)
     if request.content_length is not None and request.content_length > node.config.max_body_bytes:
         raise PayloadTooLarge(
             f"request body of {request.content_length} bytes exceeds the limit of {node.config.max_body_bytes}"
         )
     if content_type == "multipart/form-data":
-        parsed = await _parse_multipart(request, node.config.max_body_bytes)
-    else:
-        body = await request.read()
-        parsed = bodies.parse_json_body(body) if content_type == bodies.JSON else bodies.parse_msgpack_body(body)
+        return await _parse_multipart(request, node.config.max_body_bytes)
+    body = await request.read()
+    return bodies.parse_json_body(body) if content_type == bodies.JSON else bodies.parse_msgpack_body(body)
+
+
+async def _route_predict(request: web.Request, node: Node, parsed: PredictRequest) -> dict[str, Any]:
     forwarded, timeout, trace = hop_headers(request)
     return await node.routed.predict(parsed, forwarded=forwarded, timeout=timeout, trace=trace)
 
@@ -167,7 +190,7 @@ async def _parse_multipart(request: web.Request, limit: int) -> PredictRequest:
                     raise PayloadTooLarge(f"upload exceeds the limit of {limit} bytes")
                 data.extend(chunk)
             images.append(bytes(data))
-        elif name in ("model", "version", "framework", "device", "node", "top_k"):
+        elif name in ("model", "version", "framework", "device", "node", "top_k", "trace"):
             raw = await part.read_chunk(MAX_FIELD_BYTES + 1)
             if len(raw) > MAX_FIELD_BYTES:
                 raise BadRequest(f"form field {name!r} is longer than {MAX_FIELD_BYTES} bytes")

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from ..errors import CarmlError
 from ..trace.zipkin_store import SpanStore
-from . import api, kserve, models_api, zipkin
+from . import api, bench_api, evaluations_api, events, feedback_api, kserve, models_api, zipkin
 from .auth import auth_headers, make_auth_middleware
 
 if TYPE_CHECKING:
@@ -62,6 +62,10 @@ def make_app(node: Node) -> web.Application:
     api.add_routes(app)
     models_api.add_routes(app)
     kserve.add_routes(app)
+    feedback_api.add_routes(app)
+    evaluations_api.add_routes(app)
+    bench_api.add_routes(app)  # /api/benchmarks: runs, across the mesh
+    events.add_routes(app)  # /api/events: the cluster, live (SSE)
     # Zipkin v2 on every node: spans kept here; a trace asked for by id is assembled from the peers' parts too
     app[TRACE_STORE] = SpanStore()
     zipkin.add_routes(app, TRACE_STORE, peers=node.peer_urls, peer_headers=auth_headers(node.config.api_token))

@@ -14,12 +14,13 @@ import numpy as np
 from ..errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from ..exec.worker.protocol import DTYPES, ProtocolError, decode_tensor
 from ..node.inference import DEFAULT_TOP_K, PredictRequest
+from ..trace.setup import LEVELS, parse_level
 
 JSON = "application/json"
 MSGPACK = "application/msgpack"
 MSGPACK_TYPES = (MSGPACK, "application/x-msgpack", "application/vnd.msgpack")
 MAX_JSON_ELEMENTS = 16_000_000  # numbers in one JSON tensor: bounded before any allocation
-_FIELDS = ("model", "version", "framework", "device", "node", "top_k", "inputs")
+_FIELDS = ("model", "version", "framework", "device", "node", "top_k", "inputs", "trace")
 
 
 def wants_msgpack(accept: str, content_type: str) -> bool:
@@ -131,6 +132,7 @@ def parse_document(doc: Any, *, binary: bool) -> PredictRequest:
         top_k=_top_k(doc.get("top_k", DEFAULT_TOP_K)),
         images=tuple(images),
         tensors=stacked,
+        trace_level=trace_level(doc.get("trace")),
     )
 
 
@@ -145,6 +147,18 @@ def _str(doc: dict[str, Any], key: str, *, required: bool = False) -> str:
     if not isinstance(value, str):
         raise BadRequest(f"'{key}' must be a string, got {type(value).__name__}")
     return value
+
+
+def trace_level(value: Any, field: str = "trace") -> int | None:
+    """The trace level a body asks for ('none' ... 'framework'), or None when it asks for none in particular."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{field!r} must be a string: one of {', '.join(LEVELS)}; got {value!r}")
+    try:
+        return parse_level(value, repr(field))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _top_k(value: Any) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -11,6 +12,8 @@ from aiohttp import web
 from .. import __version__
 from ..errors import BadRequest, PayloadTooLarge
 from ..manifest.schema import Manifest
+from ..trace.setup import NONE
+from . import bodies
 from . import kserve_codec as codec
 from .api import hop_headers
 
@@ -95,7 +98,65 @@ async def model_ready(request: web.Request) -> web.Response:
 
 
 async def infer(request: web.Request) -> web.Response:
+    """Traced like /api/predict: a server span, the executor and worker below it at level model, and the answer's
+    ``parameters.trace_id``. The level is ``parameters.trace_level`` in the request, else X-Carml-Trace-Level, else
+    the node's default."""
     node = _node(request)
+    level = node.tracing.request_level(request.headers)
+    if level == NONE:  # the hot path: no span unless the body asks for one
+        started_ns = time.time_ns()
+        prepared = await _relay_or_parse(request, node)
+        if isinstance(prepared, web.Response):
+            return prepared
+        body_level = _trace_level(prepared)
+        if not body_level:
+            return await _infer_here(request, node, prepared, None)
+        return await _traced_infer(request, node, body_level, prepared, started_ns)
+    return await _traced_infer(request, node, level, None, None)
+
+
+async def _traced_infer(
+    request: web.Request, node: Node, level: int, parsed: codec.InferRequest | None, started_ns: int | None
+) -> web.Response:
+    from opentelemetry.trace import SpanKind
+
+    from ..trace.setup import extract, hex_trace_id, reset_level, set_level
+
+    token = set_level(level)
+    try:
+        attributes = {"http.method": "POST", "http.route": "/v2/models/{name}/infer", "carml.node.name": node.name}
+        with node.tracing.span(
+            f"POST {request.path}",
+            kind=SpanKind.SERVER,
+            context=extract(request.headers),
+            attributes=attributes,
+            start_time=started_ns,
+        ) as span:
+            if parsed is None:
+                prepared = await _relay_or_parse(request, node)
+                if isinstance(prepared, web.Response):  # a peer served it
+                    if span is not None:
+                        span.set_attributes({"carml.relayed": True, "http.status_code": prepared.status})
+                    return prepared
+                parsed = prepared
+                body_level = _trace_level(parsed)
+                if body_level is not None:  # the body's word over the header's
+                    set_level(body_level)
+            trace_id = hex_trace_id(span) if span is not None else None
+            response = await _infer_here(request, node, parsed, trace_id)
+            if span is not None:
+                span.set_attributes({"carml.model": request.match_info["name"], "http.status_code": response.status})
+            return response
+    finally:
+        reset_level(token)
+
+
+def _trace_level(parsed: codec.InferRequest) -> int | None:
+    return bodies.trace_level(parsed.parameters.get("trace_level"), "parameters.trace_level")
+
+
+async def _relay_or_parse(request: web.Request, node: Node) -> web.Response | codec.InferRequest:
+    """A peer's answer when the mesh routes the request there; else the request, parsed, to serve here."""
     name, version = request.match_info["name"], request.match_info.get("version")
     forwarded, timeout, trace = hop_headers(request)
     body = await request.read()
@@ -120,8 +181,14 @@ async def infer(request: web.Request) -> web.Response:
             raise BadRequest(f"{HEADER_LENGTH} must be a non-negative integer, got {raw_length!r}")
         header_length = int(raw_length)
     max_elements = node.config.max_body_bytes  # no tensor may hold more elements than the body has bytes
-    parsed = codec.parse_infer_request(body, header_length, max_elements=max_elements)
-    del body
+    return codec.parse_infer_request(body, header_length, max_elements=max_elements)
+
+
+async def _infer_here(
+    request: web.Request, node: Node, parsed: codec.InferRequest, trace_id: str | None
+) -> web.Response:
+    name, version = request.match_info["name"], request.match_info.get("version")
+    _, timeout, _ = hop_headers(request)
     params = parsed.parameters
     tensors: dict[str, np.ndarray] = {}
     for item in parsed.inputs:
@@ -135,6 +202,9 @@ async def infer(request: web.Request) -> web.Response:
     model, spec, outputs = await node.inference.infer_tensors(
         name, version, tensors, None, framework=framework, device=device, timeout=timeout
     )
+    parameters: dict[str, Any] = {"framework": spec.framework, "device": spec.device, "node": node.id}
+    if trace_id is not None:
+        parameters["trace_id"] = trace_id
     try:
         body, json_length = codec.encode_infer_response(
             model_name=model.name,
@@ -143,7 +213,7 @@ async def infer(request: web.Request) -> web.Response:
             outputs=list(outputs.items()),
             requested=parsed.outputs,
             binary_default=parsed.binary_data_output,
-            parameters={"framework": spec.framework, "device": spec.device, "node": node.id},
+            parameters=parameters,
             labels=list(model.labels) or None,
         )
     except MemoryError:

@@ -178,6 +178,199 @@ def _publishing_paths(model_path: dict[str, Any], version_path: dict[str, Any]) 
     }
 
 
+def _feedback_and_events_paths(model_path: dict[str, Any]) -> dict[str, Any]:
+    """Feedback on models (web/feedback_api.py) and the live cluster stream (web/events.py)."""
+    item = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "model": {"type": "string"},
+            "rating": {"type": "integer", "minimum": 1, "maximum": 5},
+            "comment": {"type": "string"},
+            "author": {"type": "string"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "node": {"type": "object", "properties": {"id": {"type": "string"}, "name": {"type": "string"}}},
+        },
+    }
+    listing = {
+        "type": "object",
+        "properties": {
+            "model": {"type": "string"},
+            "count": {"type": "integer"},
+            "average": {"type": ["number", "null"]},
+            "items": {"type": "array", "items": item},
+            "unreachable": {"type": "array", "items": {"type": "string"}},
+        },
+    }
+    created = _responses({"description": "unused"}, 400, 401, 404, 415)
+    del created["200"]
+    created["201"] = {"description": "Kept on this node", "content": {"application/json": {"schema": item}}}
+    return {
+        "/api/models/{name}/feedback": {
+            "post": {
+                "summary": "Rate a model (1 to 5) with an optional comment; kept on the node that receives it",
+                "security": [{"bearer": []}],
+                "parameters": [model_path],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "rating": {"type": "integer", "minimum": 1, "maximum": 5},
+                                    "comment": {"type": "string", "maxLength": 2000},
+                                    "author": {"type": "string", "maxLength": 100},
+                                },
+                                "required": ["rating"],
+                            }
+                        }
+                    },
+                },
+                "responses": created,
+            },
+            "get": {
+                "summary": "Feedback on a model from every node of the mesh, newest first",
+                "parameters": [
+                    model_path,
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                    {
+                        "name": "scope",
+                        "in": "query",
+                        "description": "local: this node's rows only (what nodes ask each other)",
+                        "schema": {"type": "string", "enum": ["mesh", "local"]},
+                    },
+                ],
+                "responses": _responses(_json(listing), 400, 404),
+            },
+        },
+        "/api/events": {
+            "get": {
+                "summary": "Server-Sent Events: a 'cluster' event (GET /api/cluster's document), then one per change",
+                "responses": {"200": {"description": "text/event-stream", "content": {"text/event-stream": {}}}},
+            }
+        },
+    }
+
+
+def _evaluations_paths() -> dict[str, Any]:
+    """Accuracy evaluations (web/evaluations_api.py)."""
+    id_path = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
+    scope = {
+        "name": "scope",
+        "in": "query",
+        "description": "local: this node's evaluations only (what nodes ask each other)",
+        "schema": {"type": "string", "enum": ["mesh", "local"]},
+    }
+    target = {
+        "model": {"type": "string"},
+        "version": {"type": "string"},
+        "framework": {"type": "string"},
+        "device": {"type": "string"},
+        "node": {"type": "string", "description": "run the inference on this member (id or name)"},
+        "batch_size": {"type": "integer", "minimum": 1},
+    }
+    evaluation = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "status": {"type": "string", "enum": ["running", "done", "failed", "cancelled"]},
+            "error": {"type": ["string", "null"]},
+            "progress": {"type": "object"},
+            "model": {"type": "string"},
+            "version": {"type": "string"},
+            "framework": {"type": ["string", "null"]},
+            "device": {"type": ["string", "null"]},
+            "node": {"type": "object", "description": "the node that ran the evaluation and keeps it"},
+            "dataset": {"type": "object", "properties": {"name": {}, "images": {}, "classes": {}, "skipped": {}}},
+            "top1": {"type": ["number", "null"]},
+            "top5": {"type": ["number", "null"]},
+            "per_class": {"type": "object"},
+            "confusions": {
+                "type": "array",
+                "maxItems": 20,
+                "items": {"type": "object", "properties": {"true": {}, "predicted": {}, "count": {}}},
+            },
+            "created_at": {"type": "string", "format": "date-time"},
+            "finished_at": {"type": ["string", "null"], "format": "date-time"},
+        },
+    }
+    accepted = _responses({"description": "unused"}, 400, 401, 404, 409, 413, 415)
+    del accepted["200"]
+    accepted["202"] = {
+        "description": "Started; follow it at url",
+        "content": {
+            "application/json": {"schema": {"type": "object", "properties": {"id": {}, "status": {}, "url": {}}}}
+        },
+    }
+    return {
+        "/api/evaluations": {
+            "post": {
+                "summary": "Evaluate a classifier's accuracy (top-1, top-5, confusions) on the bundled digits split "
+                "or an uploaded zip of images in class folders",
+                "security": [{"bearer": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {**target, "dataset": {"type": "string", "enum": ["digits"]}},
+                                "required": ["model", "dataset"],
+                            }
+                        },
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    **{k: {"type": "string"} for k in target},
+                                    "dataset": {"type": "string", "format": "binary", "description": "a .zip"},
+                                },
+                                "required": ["model", "dataset"],
+                            }
+                        },
+                    },
+                },
+                "responses": accepted,
+            },
+            "get": {
+                "summary": "Evaluations of every node of the mesh, newest first",
+                "parameters": [
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                    scope,
+                ],
+                "responses": _responses(
+                    _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "evaluations": {"type": "array", "items": evaluation},
+                                "unreachable": {"type": "array", "items": {"type": "string"}},
+                            },
+                        }
+                    ),
+                    400,
+                ),
+            },
+        },
+        "/api/evaluations/{id}": {
+            "get": {
+                "summary": "One evaluation, with its progress while it runs; asks the peers when it is not here",
+                "parameters": [id_path, scope],
+                "responses": _responses(_json(evaluation), 404),
+            }
+        },
+        "/api/evaluations/{id}/cancel": {
+            "post": {
+                "summary": "Cancel a running evaluation (on whichever node runs it)",
+                "security": [{"bearer": []}],
+                "parameters": [id_path, scope],
+                "responses": _responses(_json({"type": "object"}), 401, 404),
+            }
+        },
+    }
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
     ref = lambda name: {"$ref": f"#/components/schemas/{name}"}  # noqa: E731
@@ -492,5 +685,13 @@ def openapi_document() -> dict[str, Any]:
         },
     }
     for path, methods in _publishing_paths(model_path, version_path).items():
+        document["paths"].setdefault(path, {}).update(methods)
+    for path, methods in _feedback_and_events_paths(model_path).items():
+        document["paths"].setdefault(path, {}).update(methods)
+    for path, methods in _evaluations_paths().items():
+        document["paths"].setdefault(path, {}).update(methods)
+    from .bench_api import openapi_paths as benchmark_paths  # there, beside the routes it describes
+
+    for path, methods in benchmark_paths().items():
         document["paths"].setdefault(path, {}).update(methods)
     return document

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import tempfile
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
+from . import profiling
 from .errors import WorkerError
 
 FRAMEWORKS = ("onnxruntime", "pytorch")
 
 
+Profiled = tuple[dict[str, np.ndarray], list[profiling.Op], float]  # outputs, ops, the run's ms
+
+
 class LoadedModel(Protocol):
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def run_profiled(self, inputs: dict[str, np.ndarray]) -> Profiled:
+        """One run with the framework's profiler on: outputs, per-operator ops, and how long the run took."""
+        ...
 
 
 def framework_version(framework: str) -> str | None:
@@ -31,11 +43,10 @@ class OnnxRuntimeModel:
     def __init__(self, path: str, device: str, threads: int) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        if threads > 0:
-            options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
+        self.ort = ort
+        self.path = path
+        self.threads = threads
+        options = self._options()
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -46,14 +57,62 @@ class OnnxRuntimeModel:
             self.session = ort.InferenceSession(path, sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own unrelated exception types
             raise WorkerError("internal", f"onnxruntime cannot load {path}: {exc}") from exc
+        self.providers = providers
         self.output_names = [o.name for o in self.session.get_outputs()]
+        # onnxruntime profiles a whole session, from its creation to end_profiling(): a second session, made when
+        # first asked for, serves one profiled run and is then replaced (in the background) by a fresh one
+        self._profile_lock = threading.Lock()
+        self._profiler: Any = None
+        self._profile_dir: tempfile.TemporaryDirectory[str] | None = None
+
+    def _options(self, profile_prefix: str | None = None) -> Any:
+        options = self.ort.SessionOptions()
+        if self.threads > 0:
+            options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        if profile_prefix is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
+        return options
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._run(self.session, inputs)
+
+    def _run(self, session: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
-            outputs = self.session.run(self.output_names, inputs)
+            outputs = session.run(self.output_names, inputs)
         except Exception as exc:
             raise WorkerError("bad_input", f"onnxruntime rejected the input: {_first_line(exc)}") from exc
         return dict(zip(self.output_names, outputs, strict=True))
+
+    def _new_profiler(self) -> Any:
+        if self._profile_dir is None:
+            self._profile_dir = tempfile.TemporaryDirectory(prefix="carml-ort-profile-")
+        options = self._options(f"{self._profile_dir.name}/run")
+        try:
+            return self.ort.InferenceSession(self.path, sess_options=options, providers=self.providers)
+        except Exception as exc:
+            raise WorkerError("internal", f"onnxruntime cannot load {self.path} for profiling: {exc}") from exc
+
+    def _prepare_profiler(self) -> None:
+        with self._profile_lock:
+            if self._profiler is None:
+                with contextlib.suppress(WorkerError):  # the next profiled run tries again, and reports it
+                    self._profiler = self._new_profiler()
+
+    def run_profiled(self, inputs: dict[str, np.ndarray]) -> Profiled:
+        with self._profile_lock:
+            session, self._profiler = self._profiler or self._new_profiler(), None
+            t0 = time.perf_counter()
+            try:
+                outputs = self._run(session, inputs)
+            finally:
+                run_ms = (time.perf_counter() - t0) * 1e3
+                path = session.end_profiling()
+        ops = profiling.read_onnxruntime_profile(path) if path else []
+        threading.Thread(target=self._prepare_profiler, name="ort-profiler", daemon=True).start()
+        return outputs, ops, run_ms
 
 
 class TorchScriptModel:
@@ -89,6 +148,21 @@ class TorchScriptModel:
                 "internal", f"model returned {len(tensors)} outputs, manifest names {len(self.output_names)}"
             )
         return {name: t.detach().cpu().numpy() for name, t in zip(self.output_names, tensors, strict=True)}
+
+    def run_profiled(self, inputs: dict[str, np.ndarray]) -> Profiled:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU]
+        if self.device.type == "cuda":
+            activities.append(ProfilerActivity.CUDA)
+        with _TORCH_PROFILER, profile(activities=activities) as prof:  # one profiler at a time in a process
+            t0 = time.perf_counter()
+            outputs = self.run(inputs)
+            run_ms = (time.perf_counter() - t0) * 1e3
+        return outputs, profiling.torch_ops(prof.events()), run_ms
+
+
+_TORCH_PROFILER = threading.Lock()
 
 
 def load(framework: str, path: str, device: str, threads: int, spec: dict[str, Any]) -> LoadedModel:

@@ -9,6 +9,7 @@ Frameworks release the GIL while they compute.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import socket
@@ -22,6 +23,8 @@ from .errors import WorkerError
 from .service import WorkerService
 
 log = logging.getLogger("carml.worker")
+LARGE_FRAME = 64 << 10
+SEND_BUFFER = 4 << 20  # large replies (raw output tensors) leave in one send; capped by net.core.wmem_max
 
 
 class Connection:
@@ -33,7 +36,16 @@ class Connection:
         self.write_lock = threading.Lock()
         self.closed = threading.Event()
 
-    def _read_exactly(self, n: int) -> bytes | None:
+    def _read_exactly(self, n: int) -> bytes | bytearray | None:
+        if n >= LARGE_FRAME:  # straight into one buffer: no chunks to join (efficientnet's 602 KB tensor)
+            buffer = bytearray(n)
+            view, got = memoryview(buffer), 0
+            while got < n:
+                count = self.sock.recv_into(view[got:], n - got)
+                if not count:
+                    return None
+                got += count
+            return buffer
         chunks, left = [], n
         while left:
             chunk = self.sock.recv(min(left, 1 << 20))
@@ -100,6 +112,8 @@ def serve_thread(service: WorkerService, conn: Connection) -> None:
 def serve(service: WorkerService, socket_path: str, pool_size: int) -> None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(socket_path)
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
     conn = Connection(sock)
     conn.write(service.hello())
     threads = [

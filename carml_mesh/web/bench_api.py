@@ -1,0 +1,428 @@
+"""Benchmarks over HTTP, across the mesh.
+
+    POST /api/benchmarks                      a run (JSON, see bench/config.py) -> 202 {id, status, url}
+    GET  /api/benchmarks                      the runs of every member, newest first (?scope=local: this node's)
+    GET  /api/benchmarks/compare?ids=a,b      their results side by side, one row per configuration
+    GET  /api/benchmarks/{id}                 one run: live progress while it runs, then its results
+    POST /api/benchmarks/{id}/cancel          stop it; what it measured is kept
+    GET  /api/benchmarks/{id}/export          raw per-query rows, ?format=csv (default) or json
+
+A run lives on the node it was posted to; reads of another node's run are answered by asking the peers
+(``?scope=local``, so a peer answers from its own database and never asks further). An unreachable peer is listed
+under ``unreachable``. Starting and cancelling a run are writes: with an API token they need it (the auth rule for
+writes under /api), since a run loads the mesh's workers for as long as it lasts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import logging
+import re
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+
+from ..bench.config import Offers, parse_config
+from ..bench.runner import BREAKDOWN_KEYS as BREAKDOWN_PARTS
+from ..bench.store import EXPORT_COLUMNS
+from ..errors import BadRequest, NotFound, ServiceError
+from ..gossip.messages import State
+from .auth import auth_headers
+
+if TYPE_CHECKING:
+    from ..bench.manager import BenchmarkManager
+    from ..node.node import Node
+
+log = logging.getLogger("carml.bench")
+
+PEER_TIMEOUT_S = 3.0
+MAX_LIMIT = 1000
+MAX_COMPARE = 16
+RUN_ID = re.compile(r"[0-9a-f]{16}")  # what BenchmarkManager makes; anything else is no run, and never sent to peers
+SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("bench_peer_session", aiohttp.ClientSession)
+
+
+def _node(request: web.Request) -> Node:
+    from .app import NODE
+
+    return request.app[NODE]
+
+
+class NotReady(ServiceError):
+    status = 503
+
+
+def _manager(request: web.Request) -> BenchmarkManager:
+    manager = _node(request).benchmarks
+    if manager is None:
+        raise NotReady("benchmarks are not available yet: the node is starting")
+    return manager
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/api/benchmarks", start)
+    r.add_get("/api/benchmarks", list_runs)
+    r.add_get("/api/benchmarks/compare", compare)  # before /{id}, which would match it
+    r.add_get("/api/benchmarks/{id}", get_run)
+    r.add_post("/api/benchmarks/{id}/cancel", cancel)
+    r.add_get("/api/benchmarks/{id}/export", export)
+
+    async def peer_session(app: web.Application) -> AsyncIterator[None]:
+        from .app import NODE
+
+        token = app[NODE].config.api_token if NODE in app else None
+        timeout = aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)
+        async with aiohttp.ClientSession(headers=auth_headers(token), timeout=timeout) as session:
+            app[SESSION] = session
+            yield
+
+    app.cleanup_ctx.append(peer_session)
+
+
+def offers(node: Node) -> Offers:
+    """What a benchmark may target: the models this node and its alive peers serve, and the members."""
+    models: dict[str, set[str]] = {}
+    for m in node.catalog:
+        models.setdefault(m.name, set()).update(m.available_frameworks())
+    nodes = {node.id, node.name}
+    if node.mesh is not None and node.mesh.gossip is not None:
+        alive = {m.name for m in node.mesh.gossip.members() if m.state == State.ALIVE}
+        for member_id, card in node.mesh.cards.items():
+            if member_id not in alive or not card:
+                continue
+            nodes.update(str(x) for x in (member_id, card.get("name")) if x)
+            for m in card.get("models") or []:
+                if m.get("available"):
+                    models.setdefault(str(m.get("name")), set()).add(str(m.get("framework")))
+    return Offers({k: frozenset(v) for k, v in models.items()}, frozenset(nodes), node.config.max_batch)
+
+
+def _local_only(request: web.Request) -> bool:
+    scope = request.query.get("scope", "mesh")
+    if scope not in ("mesh", "local"):
+        raise BadRequest(f"scope: must be mesh or local, got {scope!r}")
+    return scope == "local"
+
+
+async def start(request: web.Request) -> web.Response:
+    node = _node(request)
+    if request.content_type != "application/json":
+        raise BadRequest(f"send the benchmark as application/json, not {request.content_type or '(none)'}")
+    try:
+        doc = json.loads(await request.read())
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    config = parse_config(doc, offers(node))
+    run = await _manager(request).start(config)
+    return web.json_response(
+        {"id": run.id, "status": run.status, "url": f"/api/benchmarks/{run.id}"},
+        status=202,
+        headers={"Location": f"/api/benchmarks/{run.id}"},
+    )
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit", "100")
+    if not raw.isdecimal() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise BadRequest(f"limit: must be an integer from 1 to {MAX_LIMIT}, got {raw[:20]!r}")
+    return int(raw)
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    limit = _limit(request)
+    runs = await _manager(request).list(limit)
+    unreachable: list[str] = []
+    if not _local_only(request):
+        answers = await _ask_peers(request, "GET", "/api/benchmarks", {"scope": "local", "limit": str(limit)})
+        seen = {r["id"] for r in runs}
+        for url, status, body in answers:
+            doc = _json_or_none(body) if status == 200 else None
+            if doc is None or not isinstance(doc.get("runs"), list):
+                unreachable.append(url)
+                continue
+            for run in doc["runs"]:
+                if isinstance(run, dict) and run.get("id") not in seen:
+                    seen.add(run.get("id"))
+                    runs.append(run)
+        runs.sort(key=lambda r: str(r.get("created_at") or ""), reverse=True)
+    return web.json_response({"runs": runs[:limit], "unreachable": unreachable})
+
+
+def _check_id(run_id: str) -> str:
+    if not RUN_ID.fullmatch(run_id):
+        raise NotFound(f"no benchmark {run_id[:40]!r}: run ids are 16 hex digits")
+    return run_id
+
+
+async def _find(request: web.Request, run_id: str) -> dict[str, Any]:
+    _check_id(run_id)
+    doc = await _manager(request).document(run_id)
+    if doc is not None:
+        return doc
+    if not _local_only(request):
+        for _, status, body in await _ask_peers(request, "GET", f"/api/benchmarks/{run_id}", {"scope": "local"}):
+            found = _json_or_none(body) if status == 200 else None
+            if found is not None and found.get("id") == run_id:
+                return found
+    raise NotFound(f"no benchmark {run_id!r} in the mesh")
+
+
+async def get_run(request: web.Request) -> web.Response:
+    return web.json_response(await _find(request, request.match_info["id"]))
+
+
+async def cancel(request: web.Request) -> web.Response:
+    run_id = _check_id(request.match_info["id"])
+    manager = _manager(request)
+    if await manager.document(run_id) is not None:
+        return web.json_response(await manager.cancel(run_id))
+    if not _local_only(request):
+        for _, status, body in await _ask_peers(
+            request, "POST", f"/api/benchmarks/{run_id}/cancel", {"scope": "local"}
+        ):
+            found = _json_or_none(body) if status == 200 else None
+            if found is not None:
+                return web.json_response(found)
+    raise NotFound(f"no benchmark {run_id!r} in the mesh")
+
+
+async def export(request: web.Request) -> web.Response:
+    run_id = request.match_info["id"]
+    fmt = request.query.get("format", "csv")
+    if fmt not in ("csv", "json"):
+        raise BadRequest(f"format: must be csv or json, got {fmt!r}")
+    _check_id(run_id)
+    manager = _manager(request)
+    if await manager.document(run_id) is None:
+        if not _local_only(request):
+            params = {"scope": "local", "format": fmt}
+            for _, status, body in await _ask_peers(request, "GET", f"/api/benchmarks/{run_id}/export", params):
+                if status == 200:
+                    return _export_response(run_id, fmt, body)
+        raise NotFound(f"no benchmark {run_id!r} in the mesh")
+    rows = await manager.store.queries(run_id)
+    if fmt == "json":
+        body = json.dumps({"id": run_id, "columns": list(EXPORT_COLUMNS), "queries": rows}).encode()
+    else:
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        body = out.getvalue().encode()
+    return _export_response(run_id, fmt, body)
+
+
+def _export_response(run_id: str, fmt: str, body: bytes) -> web.Response:
+    return web.Response(
+        body=body,
+        content_type="text/csv" if fmt == "csv" else "application/json",
+        headers={"Content-Disposition": f'attachment; filename="benchmark-{run_id}.{fmt}"'},
+    )
+
+
+async def compare(request: web.Request) -> web.Response:
+    ids = [i.strip() for i in request.query.get("ids", "").split(",") if i.strip()]
+    if not ids:
+        raise BadRequest("ids: give the runs to compare, comma-separated, e.g. ?ids=a1b2,c3d4")
+    if len(ids) > MAX_COMPARE:
+        raise BadRequest(f"ids: at most {MAX_COMPARE} runs, got {len(ids)}")
+    docs = [await _find(request, run_id) for run_id in dict.fromkeys(ids)]
+    rows = []
+    for doc in docs:
+        for result in doc.get("results") or []:
+            latency = result.get("latency_ms") or {}
+            rows.append(
+                {
+                    "run_id": doc["id"],
+                    "run_name": doc.get("name"),
+                    "scenario": doc.get("scenario"),
+                    "target": result.get("target"),
+                    "batch_size": result.get("batch_size"),
+                    "concurrency": result.get("concurrency"),
+                    "qps": result.get("qps"),
+                    "throughput_ips": result.get("throughput_ips"),
+                    "p50_ms": latency.get("p50"),
+                    "p99_ms": latency.get("p99"),
+                }
+            )
+    runs = [{k: v for k, v in doc.items() if k != "results"} for doc in docs]
+    return web.json_response({"runs": runs, "rows": rows})
+
+
+# --- the peers ------------------------------------------------------------------------------------------------------
+
+
+def _json_or_none(body: bytes) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+async def _ask_peers(
+    request: web.Request, method: str, path: str, params: dict[str, str]
+) -> list[tuple[str, int, bytes]]:
+    """(peer URL, status, body) from every alive peer, concurrently; status 0 for one that did not answer."""
+    urls = list(dict.fromkeys(_node(request).peer_urls()))
+    if not urls:
+        return []
+    session = request.app[SESSION]
+
+    async def ask(base: str) -> tuple[str, int, bytes]:
+        try:
+            async with session.request(method, base + path, params=params) as resp:
+                return base, resp.status, await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.info("peer %s left out of %s: %s", base, path, str(exc) or type(exc).__name__)
+            return base, 0, b""
+
+    return list(await asyncio.gather(*(ask(u) for u in urls)))
+
+
+# --- the OpenAPI paths (merged into web/openapi.py's document) ------------------------------------------------------
+
+
+def openapi_paths() -> dict[str, Any]:
+    """The paths above, in OpenAPI 3.1; POST ones need the API token when one is set."""
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+
+    def errors(*codes: int) -> dict[str, Any]:
+        reasons = {
+            400: "Bad input; the message names the field",
+            401: "The API token is missing or wrong",
+            404: "No such run in the mesh",
+            503: "The node runs as many benchmarks as it allows, or is starting or stopping",
+        }
+        return {str(c): {"description": reasons[c], "content": error} for c in codes}
+
+    def ok(schema: dict[str, Any], code: str = "200", description: str = "OK") -> dict[str, Any]:
+        return {code: {"description": description, "content": {"application/json": {"schema": schema}}}}
+
+    obj: dict[str, Any] = {"type": "object"}
+    num = {"type": ["number", "null"]}
+    target = {
+        "type": "object",
+        "properties": {k: {"type": "string"} for k in ("model", "version", "framework", "device", "node")},
+        "required": ["model"],
+    }
+    body = {
+        "type": "object",
+        "required": ["scenario", "targets"],
+        "properties": {
+            "name": {"type": "string", "maxLength": 100},
+            "scenario": {"enum": ["single-stream", "server", "offline"]},
+            "targets": {"type": "array", "items": target, "minItems": 1, "maxItems": 16},
+            "batch_sizes": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+            "concurrency": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 256}},
+            "qps": {"type": "number", "exclusiveMinimum": 0},
+            "p99_bound_ms": {"type": "number", "exclusiveMinimum": 0},
+            "min_queries": {"type": "integer", "minimum": 1},
+            "min_duration_s": {"type": "number", "minimum": 0, "maximum": 3600},
+            "max_duration_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+            "warmup_queries": {"type": "integer", "minimum": 0},
+            "seed": {"type": "integer", "minimum": 0},
+            "input": {"enum": ["sample", "random"]},
+        },
+    }
+    result = {
+        "type": "object",
+        "properties": {
+            "target": obj,
+            "batch_size": {"type": "integer"},
+            "concurrency": {"type": "integer"},
+            "qps": num,
+            "queries": {"type": "integer"},
+            "errors": {"type": "integer"},
+            "duration_s": {"type": "number"},
+            "throughput_qps": {"type": "number"},
+            "throughput_ips": {"type": "number"},
+            "latency_ms": {
+                "type": "object",
+                "properties": {k: num for k in ("mean", "p50", "p90", "p95", "p99", "max")},
+            },
+            "breakdown_ms": {"type": "object", "properties": {k: num for k in (*BREAKDOWN_PARTS, "total")}},
+            "utilisation": {"type": "object", "properties": {k: num for k in ("cpu_percent", "rss_mb", "gpu_percent")}},
+            "cdf": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}, "maxItems": 100},
+            "search": obj,
+        },
+    }
+    run = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "scenario": {"type": "string"},
+            "status": {"enum": ["running", "done", "failed", "cancelled"]},
+            "error": {"type": ["string", "null"]},
+            "progress": obj,
+            "config": obj,
+            "environment": obj,
+            "node": obj,
+            "created_at": {"type": "string", "format": "date-time"},
+            "finished_at": {"type": ["string", "null"], "format": "date-time"},
+            "results": {"type": "array", "items": result},
+        },
+    }
+    run_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+    scope = {"name": "scope", "in": "query", "schema": {"enum": ["mesh", "local"]}}
+    token = [{"bearer": []}]
+    return {
+        "/api/benchmarks": {
+            "post": {
+                "summary": "Start a benchmark run on this node (MLPerf-style scenario, sweeps, many targets)",
+                "security": token,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+                "responses": {
+                    **ok({"type": "object"}, "202", "Started: poll its url"),
+                    **errors(400, 401, 503),
+                },
+            },
+            "get": {
+                "summary": "The runs of every member, newest first",
+                "parameters": [scope, {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
+                "responses": ok({"type": "object", "properties": {"runs": {"type": "array"}, "unreachable": {}}}),
+            },
+        },
+        "/api/benchmarks/compare": {
+            "get": {
+                "summary": "Runs side by side, one row per configuration",
+                "parameters": [{"name": "ids", "in": "query", "required": True, "schema": {"type": "string"}}],
+                "responses": {**ok(obj), **errors(400, 404)},
+            }
+        },
+        "/api/benchmarks/{id}": {
+            "get": {
+                "summary": "One run: live progress while it runs, then its results",
+                "parameters": [run_id, scope],
+                "responses": {**ok(run), **errors(404)},
+            }
+        },
+        "/api/benchmarks/{id}/cancel": {
+            "post": {
+                "summary": "Cancel a run; what it measured is kept",
+                "security": token,
+                "parameters": [run_id, scope],
+                "responses": {**ok(obj), **errors(401, 404)},
+            }
+        },
+        "/api/benchmarks/{id}/export": {
+            "get": {
+                "summary": "The run's raw per-query rows",
+                "parameters": [run_id, scope, {"name": "format", "in": "query", "schema": {"enum": ["csv", "json"]}}],
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {"text/csv": {"schema": {"type": "string"}}, "application/json": {"schema": obj}},
+                    },
+                    **errors(400, 404),
+                },
+            }
+        },
+    }

@@ -1,0 +1,293 @@
+"""Accuracy evaluations under /api (the HTTP side of bench/accuracy.py):
+
+    POST /api/evaluations               JSON {"model", "version"?, "framework"?, "device"?, "node"?, "batch_size"?,
+                                        "dataset": "digits"}, or multipart: the same fields and a file part 'dataset'
+                                        (a zip of images in class subfolders) -> 202 {"id", "status", "url"}
+    GET  /api/evaluations               every node's evaluations, newest first (?limit=, ?scope=local)
+    GET  /api/evaluations/{id}          one evaluation, from whichever node holds it
+    POST /api/evaluations/{id}/cancel   stop it (on whichever node runs it)
+
+The upload is streamed to a temp file and its zip checked (names, symlinks, sizes, bombs, labels) before the answer,
+so a bad dataset is a 400 naming what is wrong, never a failed evaluation later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import BodyPartReader, MultipartReader, web
+
+from ..bench.accuracy import DEFAULT_BATCH_SIZE, DIGITS, Dataset, Target
+from ..errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
+from .auth import auth_headers
+
+if TYPE_CHECKING:
+    from ..node.node import Node
+
+log = logging.getLogger("carml.evaluations")
+PEER_TIMEOUT_S = 3.0
+MAX_JSON_BYTES = 64 << 10
+MAX_FIELD_BYTES = 4096
+PART_CHUNK = 1 << 16
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+FIELDS = ("model", "version", "framework", "device", "node", "batch_size")
+ID_RE = re.compile(r"^[0-9a-f]{32}$")
+SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("evaluations_peer_session", aiohttp.ClientSession)
+
+
+def _node(request: web.Request) -> Node:
+    from .app import NODE
+
+    return request.app[NODE]
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/evaluations", post_evaluation)
+    app.router.add_get("/api/evaluations", list_evaluations)
+    app.router.add_get("/api/evaluations/{id}", get_evaluation)
+    app.router.add_post("/api/evaluations/{id}/cancel", cancel_evaluation)
+    app.cleanup_ctx.append(_peer_session)
+
+
+async def _peer_session(app: web.Application) -> AsyncIterator[None]:
+    from .app import NODE
+
+    headers = auth_headers(app[NODE].config.api_token)
+    async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)) as s:
+        app[SESSION] = s
+        yield
+
+
+# --- the request ----------------------------------------------------------------------------------------------------
+
+
+def parse_fields(doc: dict[str, Any], max_batch: int) -> tuple[Target, int]:
+    """The target and batch size of a request, or BadRequest naming the field."""
+    for key in ("model", "version", "framework", "device", "node"):
+        value = doc.get(key)
+        if value is not None and (not isinstance(value, str) or len(value) > 200):
+            raise BadRequest(f"{key!r} must be a string (at most 200 characters)")
+    model = doc.get("model")
+    if not model:
+        raise BadRequest("the field 'model' is required: the name of the model to evaluate")
+    batch_size = doc.get("batch_size", DEFAULT_BATCH_SIZE)
+    if isinstance(batch_size, str) and batch_size.strip().isdigit():
+        batch_size = int(batch_size)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or not 1 <= batch_size <= max_batch:
+        raise BadRequest(f"'batch_size' must be an integer from 1 to {max_batch}, got {batch_size!r}")
+    target = Target(
+        model=model,
+        version=doc.get("version") or None,
+        framework=doc.get("framework") or None,
+        device=doc.get("device") or None,
+        node=doc.get("node") or None,
+    )
+    return target, batch_size
+
+
+async def post_evaluation(request: web.Request) -> web.Response:
+    node = _node(request)
+    evaluations = node.evaluations
+    if request.content_type == "application/json":
+        doc = await _json_body(request)
+        unknown = sorted(set(doc) - {*FIELDS, "dataset"})
+        if unknown:
+            raise BadRequest(f"unknown field {unknown[0]!r}; fields are {', '.join((*FIELDS, 'dataset'))}")
+        target, batch_size = parse_fields(doc, node.config.max_batch)
+        if doc.get("dataset") != DIGITS:
+            raise BadRequest(
+                f"'dataset' must be {DIGITS!r} (the bundled digits split) in a JSON body, got "
+                f"{str(doc.get('dataset'))[:40]!r}; upload a zip of class folders as multipart under 'dataset'"
+            )
+        model = node.catalog.get(target.model, target.version)
+        dataset: Dataset = await evaluations.open_digits(model)
+    elif request.content_type == "multipart/form-data":
+        fields, dataset = await _multipart(request, node)
+        try:
+            target, batch_size = parse_fields(fields, node.config.max_batch)
+        except BaseException:
+            dataset.close()
+            raise
+    elif request.content_type == "application/x-www-form-urlencoded":
+        raise BadRequest("the form holds no 'dataset' file: send it as multipart/form-data with a zip under 'dataset'")
+    else:
+        raise UnsupportedMediaType(
+            "send JSON {model, dataset: 'digits'} or multipart/form-data with a 'dataset' zip file and a 'model' field"
+        )
+    started = await evaluations.start(target, dataset, batch_size=batch_size)
+    return web.json_response(started, status=202)
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
+        raise PayloadTooLarge(f"the JSON body is over {MAX_JSON_BYTES} bytes")
+    try:
+        doc = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise BadRequest("the body must be a JSON object")
+    return doc
+
+
+async def _multipart(request: web.Request, node: Node) -> tuple[dict[str, str], Dataset]:
+    """Form fields, and the 'dataset' part streamed to a temp file and opened as a checked zip."""
+    evaluations = node.evaluations
+    limit = evaluations.limits.max_total_bytes
+    try:
+        reader = await request.multipart()
+    except (ValueError, AssertionError) as exc:
+        raise BadRequest(f"malformed multipart body: {exc}") from None
+    fields: dict[str, str] = {}
+    upload: Path | None = None
+    filename = "upload.zip"
+    try:
+        while (part := await _next_part(reader)) is not None:
+            name = part.name or ""
+            if name == "dataset":
+                if upload is not None:
+                    raise BadRequest("the form holds two 'dataset' parts")
+                upload = evaluations.temp_path()
+                filename = Path(part.filename or filename).name[:100] or filename
+                await _save(part, upload, limit)
+            elif name in FIELDS:
+                raw = await part.read_chunk(MAX_FIELD_BYTES + 1)
+                if len(raw) > MAX_FIELD_BYTES:
+                    raise BadRequest(f"form field {name!r} is longer than {MAX_FIELD_BYTES} bytes")
+                fields[name] = raw.decode("utf-8", errors="replace").strip()
+            else:
+                raise BadRequest(f"unknown form field {name[:80]!r}; send {', '.join(FIELDS)} and a 'dataset' zip")
+        if upload is None:
+            raise BadRequest("the form holds no 'dataset' file: a zip of images in class subfolders (CLASS/IMAGE)")
+        dataset = await evaluations.open_zip(upload, name=filename)
+    except BaseException:
+        if upload is not None:
+            with contextlib.suppress(OSError):
+                upload.unlink()
+        raise
+    return fields, dataset
+
+
+async def _next_part(reader: MultipartReader) -> BodyPartReader | None:
+    try:
+        part = await reader.next()
+    except ValueError as exc:
+        raise BadRequest(f"malformed multipart body: {exc}") from None
+    if part is not None and not isinstance(part, BodyPartReader):
+        raise BadRequest("nested multipart bodies are not accepted")
+    return part
+
+
+async def _save(part: BodyPartReader, path: Path, limit: int) -> None:
+    total = 0
+    with path.open("wb") as f:
+        while chunk := await part.read_chunk(PART_CHUNK):
+            total += len(chunk)
+            if total > limit:
+                raise PayloadTooLarge(f"the 'dataset' upload is over {limit} bytes")
+            f.write(chunk)
+    if total == 0:
+        raise BadRequest("the 'dataset' file is empty")
+
+
+# --- reading, across the mesh ---------------------------------------------------------------------------------------
+
+
+def _scope(request: web.Request) -> str:
+    scope = request.query.get("scope", "mesh")
+    if scope not in ("mesh", "local"):
+        raise BadRequest(f"query parameter scope must be 'mesh' or 'local', got {scope[:20]!r}")
+    return scope
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit", str(DEFAULT_LIMIT))
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise BadRequest(f"query parameter limit must be an integer from 1 to {MAX_LIMIT}, got {raw[:20]!r}")
+    return int(raw)
+
+
+def _id(request: web.Request) -> str:
+    evaluation_id = request.match_info["id"]
+    if not ID_RE.fullmatch(evaluation_id):
+        raise NotFound(f"no evaluation {evaluation_id[:80]!r} (ids are 32 hex digits)")
+    return evaluation_id
+
+
+async def list_evaluations(request: web.Request) -> web.Response:
+    node = _node(request)
+    scope, limit = _scope(request), _limit(request)
+    local = await node.evaluations.list(limit)
+    if scope == "local":
+        return web.json_response({"evaluations": local, "unreachable": []})
+    urls = list(dict.fromkeys(node.peer_urls()))
+    session = request.app[SESSION]
+    answers = await asyncio.gather(
+        *(_peer_get(session, f"{u}/api/evaluations", {"scope": "local", "limit": str(limit)}) for u in urls)
+    )
+    merged = list(local)
+    unreachable = []
+    for url, answer in zip(urls, answers, strict=True):
+        if answer is None or not isinstance(answer[1], dict) or not isinstance(answer[1].get("evaluations"), list):
+            unreachable.append(url)
+        else:
+            merged += [e for e in answer[1]["evaluations"] if isinstance(e, dict)]
+    merged.sort(key=lambda e: str(e.get("created_at") or ""), reverse=True)
+    return web.json_response({"evaluations": merged[:limit], "unreachable": unreachable})
+
+
+async def get_evaluation(request: web.Request) -> web.Response:
+    node = _node(request)
+    evaluation_id = _id(request)
+    doc = await node.evaluations.get(evaluation_id)
+    if doc is not None:
+        return web.json_response(doc)
+    if _scope(request) == "mesh":
+        found = await _ask_peers(request, node, "GET", f"/api/evaluations/{evaluation_id}")
+        if found is not None:
+            return web.json_response(found)
+    raise NotFound(f"no evaluation {evaluation_id} on this node or its peers")
+
+
+async def cancel_evaluation(request: web.Request) -> web.Response:
+    node = _node(request)
+    evaluation_id = _id(request)
+    doc = await node.evaluations.cancel(evaluation_id)
+    if doc is not None:
+        return web.json_response(doc)
+    if _scope(request) == "mesh":
+        found = await _ask_peers(request, node, "POST", f"/api/evaluations/{evaluation_id}/cancel")
+        if found is not None:
+            return web.json_response(found)
+    raise NotFound(f"no evaluation {evaluation_id} on this node or its peers")
+
+
+async def _ask_peers(request: web.Request, node: Node, method: str, path: str) -> dict[str, Any] | None:
+    """The first peer's answer that is a 200 (it holds the evaluation), asking them all at once."""
+    session = request.app[SESSION]
+    urls = list(dict.fromkeys(node.peer_urls()))
+    answers = await asyncio.gather(*(_peer_get(session, f"{u}{path}", {"scope": "local"}, method=method) for u in urls))
+    for answer in answers:
+        if answer is not None and answer[0] == 200 and isinstance(answer[1], dict):
+            return answer[1]
+    return None
+
+
+async def _peer_get(
+    session: aiohttp.ClientSession, url: str, params: dict[str, str], *, method: str = "GET"
+) -> tuple[int, Any] | None:
+    try:
+        async with session.request(method, url, params=params) as resp:
+            return resp.status, await resp.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        log.info("peer %s left out: %s", url, str(exc) or type(exc).__name__)
+        return None

@@ -1,0 +1,92 @@
+"""GET /api/events: the cluster document as Server-Sent Events, a new event when a node joins, a clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+
+from carml_mesh.node.config import NodeConfig
+from carml_mesh.node.node import Node
+from carml_mesh.web.events import encode_event, fingerprint
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = (("probe_interval", 0.2), ("probe_timeout", 0.1), ("gossip_interval", 0.05), ("push_pull_interval", 2.0))
+
+
+def _config(tmp: Path, name: str, **kw) -> NodeConfig:
+    return NodeConfig(
+        host="127.0.0.1",
+        port=0,
+        data_dir=tmp / name,
+        manifests_dirs=(REPO / "manifests",),
+        name=name,
+        preload=False,
+        executor="local",
+        gossip_port=0,
+        mdns=False,
+        gossip_overrides=FAST,
+        **kw,
+    )
+
+
+async def events(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, dict]]:
+    """(event name, data) per SSE event; comments and retry lines are skipped."""
+    name, data = "message", []
+    async for raw in resp.content:
+        line = raw.decode().rstrip("\r\n")
+        if not line:
+            if data:
+                yield name, json.loads("\n".join(data))
+            name, data = "message", []
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+
+
+def test_fingerprint_ignores_ages_and_counters_only() -> None:
+    doc = {"self": "a", "members": [{"id": "a", "state": "alive", "last_heard_s": 1.0, "load": 0}], "gossip": {"n": 1}}
+    same = {**doc, "gossip": {"n": 2}, "members": [{**doc["members"][0], "last_heard_s": 3.5}]}
+    assert fingerprint(doc) == fingerprint(same)
+    for changed in ({"state": "suspect"}, {"load": 1}):
+        assert fingerprint(doc) != fingerprint({**doc, "members": [{**doc["members"][0], **changed}]})
+    assert encode_event("cluster", {"a": "x\ny"}) == b'event: cluster\ndata: {"a":"x\\ny"}\n\n'
+
+
+async def test_first_event_is_the_cluster_document(http: aiohttp.ClientSession, node: Node) -> None:
+    async with http.get("/api/events") as resp:
+        assert resp.status == 200 and resp.content_type == "text/event-stream"
+        name, doc = await anext(events(resp))
+    assert name == "cluster" and doc["self"] == node.id
+    assert [m["id"] for m in doc["members"] if m["self"]] == [node.id]
+    async with http.get("/api/cluster") as resp:
+        assert set(await resp.json()) == set(doc)
+
+
+async def test_a_joining_node_produces_an_event_and_stop_ends_the_stream(tmp_path: Path) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        a = await stack.enter_async_context(Node(_config(tmp_path, "a")))
+        http = await stack.enter_async_context(aiohttp.ClientSession())
+        resp = await stack.enter_async_context(http.get(f"{a.url()}/api/events"))
+        stream = events(resp)
+        _, first = await anext(stream)
+        assert [m["id"] for m in first["members"]] == [a.id]
+        async with Node(_config(tmp_path, "b", join=(a.mesh.gossip.addr,))) as b:
+            async with asyncio.timeout(30):
+                async for _, doc in stream:
+                    members = {m["id"]: m for m in doc["members"]}
+                    if b.id in members and members[b.id]["state"] == "alive" and members[b.id]["card"]:
+                        break
+            assert members[b.id]["card"]["name"] == "b"
+        # with the stream still open, the node stops; the stream ends with a clean end of the body (a stream
+        # cut off by aiohttp's shutdown timeout would end in a ClientPayloadError instead)
+        await a.aclose()
+        async with asyncio.timeout(30):
+            rest = [doc async for _, doc in stream]
+        assert all(isinstance(doc, dict) for doc in rest)
+        assert resp.content.at_eof()
