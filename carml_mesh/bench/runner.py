@@ -228,6 +228,8 @@ class BenchmarkRun:
             self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LEN]
         finally:
             self._session = None
+            if self.status == "running":  # the task itself was cancelled (a shutdown past its grace period)
+                self.status = "cancelled"
             self.finished_at = time.time()
             self.progress.phase = self.status
             await asyncio.shield(self._save())
@@ -578,8 +580,9 @@ class BenchmarkRun:
 
     def _pids_for(self, target: dict[str, Any]) -> Callable[[], list[int]]:
         """The local workers serving ``target``; none for a target on another node (its utilisation stays null)."""
-        node_id = target.get("node_id")
-        if node_id is not None and node_id != self.node.id:
+        node_id, pinned = target.get("node_id"), target.get("node")
+        here = (self.node.id, self.node.name)
+        if (node_id is not None and node_id != self.node.id) or (node_id is None and pinned and pinned not in here):
             return list
         executor = self.node.executor
 

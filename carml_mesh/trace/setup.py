@@ -1,22 +1,27 @@
-"""Tracing of /api/predict with OpenTelemetry, exported in Zipkin v2 form.
+"""Tracing of /api/predict and the KServe API with OpenTelemetry, exported in Zipkin v2 form.
 
-Each :class:`~carml_mesh.node.node.Node` makes one :class:`Tracing`: its own ``TracerProvider`` (never the global
-one, so several nodes in one process do not mix) with service name ``carml-node`` and the node's id and host as
-resource attributes. Finished spans always go to the node's own :class:`~carml_mesh.trace.zipkin_store.SpanStore`
-(so ``GET /api/v2/trace/{id}`` on any node shows a whole trace with no external collector), and also to a Zipkin
-server (JSON v2, batched) when the node was given ``--zipkin URL``.
+Each :class:`~carml_mesh.node.node.Node` makes one :class:`Tracing` (never a global tracer, so several nodes in one
+process do not mix), with service name ``carml-node`` and the node's id and host as resource attributes. Its spans
+follow OpenTelemetry's span API but are lean (:mod:`carml_mesh.trace.spans`): the SDK's own spans cost several
+times the 3 % budget of level ``application``. Finished spans always go to the node's own
+:class:`~carml_mesh.trace.zipkin_store.SpanStore` (so ``GET /api/v2/trace/{id}`` on any node shows a whole trace
+with no external collector), batched off the request's path; with ``--zipkin URL`` also to a Zipkin server
+through the SDK's ``BatchSpanProcessor`` and ``ZipkinExporter`` (JSON v2).
 
 Trace levels, as in MLModelScope, from the least to the most detail:
 
 - ``none``: no spans at all;
-- ``application``: the HTTP server span of /api/predict, the routing decision, a CLIENT span per forwarded hop and
-  the SERVER span on the peer, joined by W3C ``traceparent`` (and B3) headers;
-- ``model``: also the executor call and the worker's stages (queue, decode, preprocess, compute, postprocess),
-  rebuilt from the worker's reply;
-- ``framework``: accepted, and traced as ``model`` (per-operator spans are not collected yet).
+- ``application``: the HTTP server span of /api/predict (and /v2/models/.../infer), the routing decision, a CLIENT
+  span per forwarded hop and the SERVER span on the peer, joined by W3C ``traceparent`` (and B3) headers;
+- ``model``: also the executor call and what happened under it, rebuilt from the worker's reply: ``container.start``
+  and ``model.load`` on a cold start, ``batch.wait`` when a batcher formed a batch, and the worker's stages
+  (queue, decode, preprocess, compute, postprocess);
+- ``framework``: also the framework's operators under ``worker.compute``: the worker profiles that one run with
+  onnxruntime's profiler or torch.profiler (``"profile": true`` in its request) and returns the longest ops.
 
-The level of a request is the node's default (``--trace-level``) unless the ``X-Carml-Trace-Level`` header names
-another; it travels to peers in the same header. It lives in a context variable for the request's task.
+The level of a request is the one its body names (``"trace"`` in /api/predict, ``parameters.trace_level`` in
+KServe), else the ``X-Carml-Trace-Level`` header, else the node's default (``--trace-level``); it travels to peers in
+the header. It lives in a context variable for the request's task.
 """
 
 from __future__ import annotations
@@ -25,27 +30,21 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
-from opentelemetry import context as otel_context
+from multidict import CIMultiDict, CIMultiDictProxy
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ..errors import ConfigError
-from .zipkin_store import (
-    MAX_ANNOTATIONS_PER_SPAN,
-    MAX_LABEL_BYTES,
-    MAX_TAG_VALUE_BYTES,
-    MAX_TAGS_PER_SPAN,
-    SpanStore,
-)
+from . import spans
+from .zipkin_store import SpanStore
 
 log = logging.getLogger("carml.trace")
 
@@ -59,6 +58,8 @@ MAX_PENDING = 256  # ...or until this many have ended
 
 _level: contextvars.ContextVar[int] = contextvars.ContextVar("carml_trace_level", default=NONE)
 _w3c = TraceContextTextMapPropagator()
+_TRACE_KEYS = ("traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-sampled")
+_EMPTY = Context()
 
 
 def parse_level(value: str | None, where: str = "trace level") -> int:
@@ -81,6 +82,8 @@ def reset_level(token: contextvars.Token[int]) -> None:
 
 
 def hex_trace_id(span: Span) -> str:
+    if isinstance(span, spans.LeanSpan):
+        return format(span.trace_id, "032x")
     return format(span.get_span_context().trace_id, "032x")
 
 
@@ -89,7 +92,12 @@ def hex_trace_id(span: Span) -> str:
 
 def extract(headers: Mapping[str, str]) -> Context:
     """The caller's span context from W3C ``traceparent``, else from B3 (single ``b3`` or multi ``X-B3-*``)."""
-    carrier = {k.lower(): v for k, v in headers.items()}
+    if isinstance(headers, CIMultiDictProxy | CIMultiDict):  # an aiohttp request's: look the few names up
+        carrier = {k: headers[k] for k in _TRACE_KEYS if k in headers}
+        if not carrier:
+            return _EMPTY
+    else:
+        carrier = {k.lower(): v for k, v in headers.items()}
     if "traceparent" in carrier:
         return _w3c.extract(carrier)
     trace_id = span_id = sampled = None
@@ -122,116 +130,6 @@ def inject(span: Span) -> dict[str, str]:
     return headers
 
 
-# ------------------------------------------------------------------------------------------------ export
-
-
-_KINDS = {SpanKind.SERVER: "SERVER", SpanKind.CLIENT: "CLIENT", SpanKind.PRODUCER: "PRODUCER"}
-_KINDS[SpanKind.CONSUMER] = "CONSUMER"
-
-
-def _tag(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        return ",".join(_tag(v) for v in value)
-    return str(value)
-
-
-def to_store_span(span: ReadableSpan) -> dict[str, Any]:
-    """One finished span of ours straight in the store's canonical form (what :func:`validate_spans` returns).
-
-    Our own spans need no validation: ids are lower-case hex of the right length and never zero, times are
-    integers; only names are lower-cased, tags sorted and bounded, as the validator would.
-    """
-    ctx = span.context
-    start = span.start_time or 0
-    end = span.end_time or start
-    doc: dict[str, Any] = {"traceId": format(ctx.trace_id, "032x")}  # type: ignore[union-attr]
-    parent = span.parent
-    if parent is not None and parent.span_id != ctx.span_id:  # type: ignore[union-attr]
-        doc["parentId"] = format(parent.span_id, "016x")
-    doc["id"] = format(ctx.span_id, "016x")  # type: ignore[union-attr]
-    kind = _KINDS.get(span.kind)
-    if kind is not None:
-        doc["kind"] = kind
-    name = span.name.lower()[:MAX_LABEL_BYTES]
-    if name:
-        doc["name"] = name
-    if start > 0:
-        doc["timestamp"] = start // 1000
-    doc["duration"] = max(1, (end - start) // 1000)
-    resource = span.resource.attributes
-    doc["localEndpoint"] = {"serviceName": str(resource.get("service.name", SERVICE_NAME)).lower()}
-    if span.events:
-        marks = {(e.timestamp // 1000, e.name[:MAX_TAG_VALUE_BYTES]) for e in span.events if e.timestamp}
-        doc["annotations"] = [{"timestamp": t, "value": v} for t, v in sorted(marks)[:MAX_ANNOTATIONS_PER_SPAN]]
-    tags = {k[:MAX_LABEL_BYTES]: _tag(v)[:MAX_TAG_VALUE_BYTES] for k, v in (span.attributes or {}).items()}
-    for key in ("carml.node.id", "host.name"):
-        if key in resource and key not in tags:
-            tags[key] = _tag(resource[key])
-    status = span.status
-    if status.status_code is StatusCode.ERROR:
-        tags.setdefault("otel.status_code", "ERROR")
-        if status.description:
-            tags["error"] = status.description[:MAX_TAG_VALUE_BYTES]
-    if tags:
-        doc["tags"] = dict(sorted(tags.items())[:MAX_TAGS_PER_SPAN])
-    return doc
-
-
-class StoreProcessor(SpanProcessor):
-    """Finished spans into the node's own span store, converted and stored in batches off the request's path.
-
-    Ending a span only appends it to a list. The list is converted (:func:`to_store_span`) and stored a moment
-    later on the event loop, or at once when it grows long, or whenever the store is read: the store drains this
-    processor before it answers (:meth:`SpanStore.add_source`), so a trace is queryable as soon as its spans end.
-    Spans end on the event loop only; outside a running loop (a script, a test) they are stored at once.
-    """
-
-    def __init__(self, store: SpanStore, *, delay_s: float = FLUSH_DELAY_S, max_pending: int = MAX_PENDING) -> None:
-        self.store = store
-        self.delay_s = delay_s
-        self.max_pending = max_pending
-        self._pending: list[ReadableSpan] = []
-        self._timer: asyncio.TimerHandle | None = None
-        store.add_source(self.flush)
-
-    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        pass
-
-    def on_end(self, span: ReadableSpan) -> None:
-        pending = self._pending
-        pending.append(span)
-        if len(pending) >= self.max_pending:
-            self.flush()
-        elif self._timer is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self.flush()
-                return
-            self._timer = loop.call_later(self.delay_s, self.flush)
-
-    def flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if not self._pending:
-            return
-        pending, self._pending = self._pending, []
-        try:
-            self.store.add([to_store_span(s) for s in pending])
-        except Exception:
-            log.exception("could not store %d span(s)", len(pending))
-
-    def shutdown(self) -> None:
-        self.flush()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        self.flush()
-        return True
-
-
 # ------------------------------------------------------------------------------------------------ the node's tracer
 
 
@@ -239,31 +137,37 @@ _NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext(None)
 
 
 class _Scope:
-    """``start_as_current_span`` without its generator layers: this is on every traced request's path."""
+    """A span made current for a block, ended at its end (with the error, if one escapes): a few attribute
+    stores, no generator, as this is on every traced request's path."""
 
-    __slots__ = ("attributes", "context", "kind", "name", "span", "start_time", "token", "tracer")
+    __slots__ = ("attributes", "context", "kind", "name", "sink", "span", "start_ns", "token")
 
     def __init__(
         self,
-        tracer: trace.Tracer,
+        sink: Callable[[spans.LeanSpan], None],
         name: str,
         kind: SpanKind,
         context: Context | None,
-        attributes: Any,
-        start_time: int | None,
+        attributes: Mapping[str, Any] | None,
+        start_ns: int | None,
     ) -> None:
-        self.tracer, self.name, self.kind, self.context, self.attributes = tracer, name, kind, context, attributes
-        self.start_time = start_time
+        self.sink, self.name, self.kind, self.context, self.attributes = sink, name, kind, context, attributes
+        self.start_ns = start_ns
 
     def __enter__(self) -> Span:
-        span = self.span = self.tracer.start_span(
-            self.name, context=self.context, kind=self.kind, attributes=self.attributes, start_time=self.start_time
+        span = self.span = spans.start_span(
+            self.sink,
+            self.name,
+            context=self.context,
+            kind=self.kind,
+            attributes=self.attributes,
+            start_ns=self.start_ns,
         )
-        self.token = otel_context.attach(trace.set_span_in_context(span))
+        self.token = spans.current.set(span)
         return span
 
     def __exit__(self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        otel_context.detach(self.token)
+        spans.current.reset(self.token)
         span = self.span
         if exc is not None:
             if isinstance(exc, Exception):
@@ -273,6 +177,15 @@ class _Scope:
 
 
 class Tracing:
+    """The node's tracer: spans at the request's level, batched into the node's store and, optionally, to Zipkin.
+
+    Ending a span only appends it to a list. The list is converted (:func:`~carml_mesh.trace.spans.to_store_span`)
+    and stored a moment later on the event loop (at most ``flush_delay_s``, sooner once ``max_pending`` spans
+    wait), or whenever the store is read: the store drains the list before it answers
+    (:meth:`SpanStore.add_source`), so a trace is queryable as soon as its spans have ended. Spans end on the
+    event loop only; outside a running loop (a script, a test) they are stored at once.
+    """
+
     def __init__(
         self,
         *,
@@ -281,24 +194,30 @@ class Tracing:
         store: SpanStore,
         zipkin_url: str | None = None,
         level: str = "application",
+        flush_delay_s: float = FLUSH_DELAY_S,
+        max_pending: int = MAX_PENDING,
     ) -> None:
         try:
             self.level = parse_level(level)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        resource = Resource.create({"service.name": SERVICE_NAME, "carml.node.id": node_id, "host.name": host})
+        self.resource = Resource.create({"service.name": SERVICE_NAME, "carml.node.id": node_id, "host.name": host})
+        self.service = SERVICE_NAME
+        self.resource_tags = {"carml.node.id": node_id, "host.name": host}
         self.store = store
-        self.provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-        # the store: batched on the event loop; a query drains the batch first, so a trace is queryable at once
-        self.store_processor = StoreProcessor(store)
-        self.provider.add_span_processor(self.store_processor)
+        self.flush_delay_s = flush_delay_s
+        self.max_pending = max_pending
+        self._pending: list[spans.LeanSpan] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._soon: asyncio.Handle | None = None
+        store.add_source(self.flush)
         self.zipkin_url = zipkin_url
+        self._export: BatchSpanProcessor | None = None
         if zipkin_url:
             from opentelemetry.exporter.zipkin.json import Protocol, ZipkinExporter
 
             exporter = ZipkinExporter(version=Protocol.V2, endpoint=zipkin_url, timeout=EXPORT_TIMEOUT_S)
-            self.provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
-        self.tracer = self.provider.get_tracer("carml_mesh")
+            self._export = BatchSpanProcessor(exporter, schedule_delay_millis=500)
         self._closed = False
 
     def request_level(self, headers: Mapping[str, str]) -> int:
@@ -325,33 +244,63 @@ class Tracing:
     ) -> contextlib.AbstractContextManager[Span | None]:
         """A current span when the request's level reaches ``level``; else nothing at all (yields None).
 
-        ``start_time`` (ns since the epoch) backdates the span: to when the request arrived, say.
+        ``context`` (from :func:`extract`) gives the parent, or none; without it the task's current span is the
+        parent. ``start_time`` (ns since the epoch) backdates the span: to when the request arrived, say.
         """
         if _level.get() < level or self._closed:
             return _NO_SPAN
-        return _Scope(self.tracer, name, kind, context, attributes, start_time)
+        return _Scope(self._ended, name, kind, context, attributes, start_time)
 
     def child(
         self, parent: Span, name: str, start_ns: int, end_ns: int, attributes: Mapping[str, Any] | None = None
     ) -> Span:
         """A finished span under ``parent`` with given times (stages another process measured); it may parent more."""
-        span = self.tracer.start_span(
-            name,
-            context=trace.set_span_in_context(parent),
-            start_time=start_ns,
-            attributes=dict(attributes or {}),
-        )
+        span = spans.start_span(self._ended, name, parent=parent, attributes=attributes, start_ns=start_ns)
         span.end(end_time=max(start_ns, end_ns))
         return span
 
+    # -- finished spans
+
+    def _ended(self, span: spans.LeanSpan) -> None:
+        pending = self._pending
+        pending.append(span)
+        if self._export is not None:
+            self._export.on_end(spans.to_readable(span, self.resource))
+        if self._timer is not None and (len(pending) < self.max_pending or self._soon is not None):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        if self._timer is None:
+            self._timer = loop.call_later(self.flush_delay_s, self.flush)
+        elif self._soon is None:  # many spans wait: store them once this request's step is done
+            self._soon = loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Store the spans that have ended (the store calls this before it answers)."""
+        for handle in (self._timer, self._soon):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._soon = None
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        try:
+            self.store.add([spans.to_store_span(s, self.service, self.resource_tags) for s in pending])
+        except Exception:
+            log.exception("could not store %d span(s)", len(pending))
+
     def _shutdown(self, timeout_s: float) -> None:
-        self.provider.force_flush(timeout_millis=int(timeout_s * 1000))
-        self.provider.shutdown()
+        if self._export is not None:
+            self._export.force_flush(timeout_millis=int(timeout_s * 1000))
+            self._export.shutdown()
 
     async def aclose(self, timeout_s: float = 2.0) -> None:
-        """Flush what is batched for Zipkin (bounded) and stop; spans ended later are dropped."""
+        """Store what has ended, flush what is batched for Zipkin (bounded) and stop; later spans are dropped."""
         if self._closed:
             return
         self._closed = True
-        self.store_processor.flush()  # on the loop, where the store lives
+        self.flush()  # on the loop, where the store lives
         await asyncio.to_thread(self._shutdown, timeout_s)

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import BodyPartReader, web
+from opentelemetry.trace import SpanKind
 
 from ..errors import BadRequest, PayloadTooLarge
 from ..node.forward import FORWARDED, TIMEOUT_MS, TRACE_HEADERS
 from ..node.inference import PredictRequest
-from ..trace.setup import NONE
+from ..trace.setup import NONE, extract, hex_trace_id, reset_level, set_level
 from . import bodies
 from .openapi import openapi_document
 
@@ -117,10 +118,6 @@ async def predict(request: web.Request) -> web.Response:
 async def _traced_predict(
     request: web.Request, node: Node, level: int, parsed: PredictRequest | None, started_ns: int | None
 ) -> dict[str, Any]:
-    from opentelemetry.trace import SpanKind
-
-    from ..trace.setup import extract, hex_trace_id, reset_level, set_level
-
     token = set_level(level)
     try:
         attributes = {"http.method": "POST", "http.route": "/api/predict", "carml.node.name": node.name}

@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from aiohttp import web
+from opentelemetry.trace import SpanKind
 
 from .. import __version__
 from ..errors import BadRequest, PayloadTooLarge
 from ..manifest.schema import Manifest
-from ..trace.setup import NONE
+from ..trace.setup import NONE, extract, hex_trace_id, reset_level, set_level
 from . import bodies
 from . import kserve_codec as codec
 from .api import hop_headers
@@ -118,10 +119,6 @@ async def infer(request: web.Request) -> web.Response:
 async def _traced_infer(
     request: web.Request, node: Node, level: int, parsed: codec.InferRequest | None, started_ns: int | None
 ) -> web.Response:
-    from opentelemetry.trace import SpanKind
-
-    from ..trace.setup import extract, hex_trace_id, reset_level, set_level
-
     token = set_level(level)
     try:
         attributes = {"http.method": "POST", "http.route": "/v2/models/{name}/infer", "carml.node.name": node.name}

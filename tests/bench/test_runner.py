@@ -193,3 +193,14 @@ async def test_node_shutdown_cancels_a_running_benchmark_and_stores_it(models_di
     async with Node(config) as node:
         doc = await node.benchmarks.document(started.id)
         assert doc is not None and doc["status"] == "failed" and doc["error"] == INTERRUPTED
+
+
+async def test_a_server_schedule_is_reproducible_from_its_seed(node: Node) -> None:
+    body = {"scenario": "server", "targets": [{"model": "digits-cnn"}], "qps": 300, "concurrency": [4]}
+    first, second, other = [await run(node, **body, seed=seed) for seed in (5, 5, 6)]
+    issued = [
+        [r["issued_ms"] for r in await node.benchmarks.store.queries(doc["id"])] for doc in (first, second, other)
+    ]
+    assert issued[0] == issued[1]  # the same arrival times, to the microsecond
+    assert issued[0] != issued[2]
+    assert len(issued[0]) == 60 and issued[0] == sorted(issued[0])  # max(30 queries, 300 qps x 0.2 s)

@@ -95,6 +95,7 @@ async def test_cancel_over_http(http: aiohttp.ClientSession) -> None:
             async with http.get(answer["url"]) as resp:
                 if (await resp.json())["progress"]["done"] > 5:
                     break
+            await asyncio.sleep(0.05)
     async with http.post(f"{answer['url']}/cancel") as resp:
         assert resp.status == 200
         assert await resp.json() == {"id": answer["id"], "status": "cancelled"}

@@ -64,6 +64,7 @@ class Page:
 
     async def shot(self, name: str) -> None:
         SHOTS.mkdir(parents=True, exist_ok=True)
+        await self.page.evaluate("window.scrollTo(0, 0)")  # sticky parts drawn where they belong
         await self.page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
@@ -183,6 +184,19 @@ async def test_a_small_benchmark_completes_and_is_plotted(page: Page, mesh: list
     assert await page.page.locator("#bench-run svg.chart path").count() >= 2
     await playwright_api.expect(page.page.locator("#bench-runs")).to_contain_text("page test")
     await page.shot("benchmark")
+    # a second run, then both compared
+    await page.page.locator("#bench-name").fill("page test 2")
+    await page.page.locator("#bench-batches").fill("4")
+    await page.page.locator("#bench-submit").click()
+    await playwright_api.expect(page.page.locator("#bench-status h3")).to_contain_text("page test 2")
+    await playwright_api.expect(page.page.locator("#bench-status")).to_have_attribute("data-status", "done")
+    await playwright_api.expect(page.page.locator("#bench-runs")).to_contain_text("page test 2")
+    for name in ("page test", "page test 2"):
+        await page.page.get_by_role("checkbox", name=f"compare {name}", exact=True).first.check()
+    await page.page.locator("#bench-compare-button").click()
+    await playwright_api.expect(page.page.locator("#bench-compare svg.chart").first).to_be_visible()
+    assert await page.page.locator("#bench-compare svg.chart rect").count() >= 3  # 3 configurations
+    await page.shot("benchmark-compare")
 
 
 async def test_a_digits_evaluation_shows_its_accuracy(page: Page, mesh: list[nodeproc.Proc]) -> None:

@@ -81,7 +81,10 @@ async function loadNode() {
 }
 
 function init() {
-  window.addEventListener("hashchange", route);
+  window.addEventListener("hashchange", () => {
+    route();
+    $("main").focus({ preventScroll: true }); // keyboard and screen-reader users land in the new section
+  });
   // an error nothing else caught: show it rather than fail silently
   window.addEventListener("unhandledrejection", (e) => banner(e.reason?.message || String(e.reason)));
   route();

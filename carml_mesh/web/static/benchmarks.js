@@ -114,6 +114,14 @@ async function watch(id) {
     $("bench-status").replaceChildren(el("h3", {}, run.name || run.id, " ", el("span", { class: "muted small", text: `${run.scenario} · ${fmtTime(run.created_at)}` })), progressView(run));
     $("bench-status").dataset.status = run.status;
     if (run.status === "running") {
+      $("bench-status").append(el("button", { type: "button", class: "button button-secondary button-small", text: "Cancel run",
+        onclick: async () => {
+          try {
+            await postJson(`/api/benchmarks/${encodeURIComponent(id)}/cancel`, {});
+          } catch (err) {
+            showError($("bench-error"), err.message);
+          }
+        } }));
       bench.polling = setTimeout(() => watch(id), 500);
       return;
     }
@@ -150,7 +158,8 @@ function resultsView(run) {
     if (!byTarget.has(key)) byTarget.set(key, []);
     byTarget.get(key).push([r.batch_size, r.throughput_ips]);
   }
-  const thr = lineChart([...byTarget].map(([name, pts]) => ({ name, points: pts.sort((a, b) => a[0] - b[0]) })),
+  const sweep = [...byTarget.values()].some((pts) => pts.length > 1); // a single batch size makes no curve
+  const thr = !sweep ? null : lineChart([...byTarget].map(([name, pts]) => ({ name, points: pts.sort((a, b) => a[0] - b[0]) })),
     { title: "Throughput vs batch size", xLabel: "batch size", yLabel: "inputs / s", markers: true, yMin: 0 });
   const exportLinks = el("p", { class: "small" }, "Export raw queries: ",
     el("a", { href: `/api/benchmarks/${encodeURIComponent(run.id)}/export?format=csv`, download: `${run.id}.csv`, text: "CSV" }), " · ",
@@ -190,7 +199,7 @@ async function compare() {
     const doc = await api(`/api/benchmarks/compare?ids=${ids.map(encodeURIComponent).join(",")}`);
     const rows = doc.rows || [];
     const names = new Map((doc.runs || []).map((r) => [r.id, r.name || r.id]));
-    const label = (row) => `${names.get(row.run) || row.run} · ${targetLabel(row.target || {})} · b${row.batch_size} · c${row.concurrency}`;
+    const label = (row) => `${row.run_name || names.get(row.run_id) || row.run_id} · ${targetLabel(row.target || {})} · b${row.batch_size} · c${row.concurrency}`;
     box.replaceChildren(el("div", { class: "charts" },
       barChart(["inputs/s"], rows.map((r) => ({ name: label(r), values: [r.throughput_ips] })), { title: "Throughput across runs", yLabel: "inputs / s" }),
       barChart(["p50", "p99"], rows.map((r) => ({ name: label(r), values: [r.p50_ms, r.p99_ms] })), { title: "Latency across runs", yLabel: "ms" })));
