@@ -91,9 +91,8 @@ def main() -> None:
         f"\ndigits-cnn, onnxruntime, batch 1, one client, {per_round * args.rounds} requests per level "
         f"in {args.rounds} rounds"
     )
-    print(
-        f"tracing work at level none, in-process: {none_path_us():.2f} µs per request ({none_path_us() / base / 10:.2f} % of p50)"
-    )
+    us = none_path_us()
+    print(f"tracing work at level none, in-process: {us:.2f} µs per request ({us / base / 10:.2f} % of p50)")
 
 
 if __name__ == "__main__":
