@@ -55,11 +55,13 @@ class Offers:
 
 @dataclass(frozen=True)
 class Target:
+    """A model to run, as /api/predict takes it (a benchmark's target, an evaluation's model)."""
+
     model: str
     version: str | None = None
     framework: str | None = None
     device: str | None = None
-    node: str | None = None
+    node: str | None = None  # pin: run on this member (id or name)
 
     def label(self) -> str:
         parts = [self.model + (f"@{self.version}" if self.version else "")]

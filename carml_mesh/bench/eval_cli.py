@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from ..errors import CarmlError
 from ..node import client
-from .accuracy import DIGITS, zip_folder
+from .datasets import DIGITS, zip_folder
 
 POLL_S = 0.25
 BAR_WIDTH = 30

@@ -63,6 +63,6 @@ class NodeConfig:
     replication_timeout: float = DEFAULT_REPLICATION_TIMEOUT
     # tracing
     zipkin_url: str | None = None  # also export spans to this Zipkin server (POST JSON v2); the node keeps them anyway
-    # none | application | model | framework; a request may ask for another. Off by default until tracing meets its
-    # overhead budget (application level measured +0.36 ms on digits-cnn's 0.44 ms: see the README)
-    trace_level: str = "none"
+    # none | application | model | framework; a request may ask for another. application by default: it costs about
+    # 10 µs (+1 to 3 % of digits-cnn's 0.5 ms p50, scripts/bench/tracing.py), model and framework are asked for
+    trace_level: str = "application"

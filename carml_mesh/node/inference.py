@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import BadRequest, NotFound, PayloadTooLarge, WorkerUnavailable
 from ..exec.base import Executor, ModelSpec
 from ..exec.worker.protocol import ProtocolError, decode_tensor, encode_tensor
+from ..trace.setup import FRAMEWORK, MODEL, current_level
 from .catalog import Catalog, ServedModel
 
 if TYPE_CHECKING:
@@ -148,8 +149,6 @@ class InferenceService:
         tracing = self.tracing
         if tracing is None:
             return await self.executor.infer(spec, message, timeout=timeout)
-        from ..trace.setup import FRAMEWORK, MODEL, current_level
-
         level = current_level()
         if level < MODEL:
             return await self.executor.infer(spec, message, timeout=timeout)

@@ -19,7 +19,7 @@ from typing import Any, Self
 from aiohttp import web
 
 from .. import __version__
-from ..bench.accuracy import Evaluations
+from ..bench.evaluations import Evaluations
 from ..bench.manager import BenchmarkManager
 from ..errors import CarmlError, ConfigError, WorkerUnavailable
 from ..exec.base import Executor

@@ -259,6 +259,12 @@ class Tracing:
         span.end(end_time=max(start_ns, end_ns))
         return span
 
+    @staticmethod
+    def discard(span: Span) -> None:
+        """Record nothing of a started span after all (a request whose body asks for level none)."""
+        if isinstance(span, spans.LeanSpan):
+            span.discard()
+
     # -- finished spans
 
     def _ended(self, span: spans.LeanSpan) -> None:

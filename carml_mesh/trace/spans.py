@@ -121,10 +121,18 @@ class LeanSpan(trace.Span):
         about = {"exception.type": type(exception).__name__, "exception.message": str(exception)}
         self.add_event("exception", {**about, **(attributes or {})}, timestamp)
 
+    def discard(self) -> None:
+        """Ending this span records nothing."""
+        self._sink = _drop
+
     def end(self, end_time: int | None = None) -> None:
         if self.end_ns is None:
             self.end_ns = end_time if end_time is not None else time.time_ns()
             self._sink(self)
+
+
+def _drop(span: LeanSpan) -> None:
+    pass
 
 
 def start_span(

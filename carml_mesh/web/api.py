@@ -132,6 +132,9 @@ async def _traced_predict(
                 parsed = await _parse_predict(request, node)
                 if parsed.trace_level is not None:  # the body's word over the header's
                     set_level(parsed.trace_level)
+                    if parsed.trace_level == NONE and span is not None:
+                        node.tracing.discard(span)
+                        span = None
             answer = await _route_predict(request, node, parsed)
             if span is not None:
                 answer["trace_id"] = hex_trace_id(span)

@@ -15,16 +15,12 @@ writes under /api), since a run loads the mesh's workers for as long as it lasts
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
-import logging
 import re
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from aiohttp import web
 
 from ..bench.config import Offers, parse_config
@@ -32,19 +28,14 @@ from ..bench.runner import BREAKDOWN_KEYS as BREAKDOWN_PARTS
 from ..bench.store import EXPORT_COLUMNS
 from ..errors import BadRequest, NotFound, ServiceError
 from ..gossip.messages import State
-from .auth import auth_headers
+from . import peers
 
 if TYPE_CHECKING:
     from ..bench.manager import BenchmarkManager
     from ..node.node import Node
 
-log = logging.getLogger("carml.bench")
-
-PEER_TIMEOUT_S = 3.0
-MAX_LIMIT = 1000
 MAX_COMPARE = 16
 RUN_ID = re.compile(r"[0-9a-f]{16}")  # what BenchmarkManager makes; anything else is no run, and never sent to peers
-SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("bench_peer_session", aiohttp.ClientSession)
 
 
 def _node(request: web.Request) -> Node:
@@ -72,17 +63,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/benchmarks/{id}", get_run)
     r.add_post("/api/benchmarks/{id}/cancel", cancel)
     r.add_get("/api/benchmarks/{id}/export", export)
-
-    async def peer_session(app: web.Application) -> AsyncIterator[None]:
-        from .app import NODE
-
-        token = app[NODE].config.api_token if NODE in app else None
-        timeout = aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)
-        async with aiohttp.ClientSession(headers=auth_headers(token), timeout=timeout) as session:
-            app[SESSION] = session
-            yield
-
-    app.cleanup_ctx.append(peer_session)
+    peers.install(app)
 
 
 def offers(node: Node) -> Offers:
@@ -103,13 +84,6 @@ def offers(node: Node) -> Offers:
     return Offers({k: frozenset(v) for k, v in models.items()}, frozenset(nodes), node.config.max_batch)
 
 
-def _local_only(request: web.Request) -> bool:
-    scope = request.query.get("scope", "mesh")
-    if scope not in ("mesh", "local"):
-        raise BadRequest(f"scope: must be mesh or local, got {scope!r}")
-    return scope == "local"
-
-
 async def start(request: web.Request) -> web.Response:
     node = _node(request)
     if request.content_type != "application/json":
@@ -127,30 +101,13 @@ async def start(request: web.Request) -> web.Response:
     )
 
 
-def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit", "100")
-    if not raw.isdecimal() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise BadRequest(f"limit: must be an integer from 1 to {MAX_LIMIT}, got {raw[:20]!r}")
-    return int(raw)
-
-
 async def list_runs(request: web.Request) -> web.Response:
-    limit = _limit(request)
+    limit = peers.limit(request)
     runs = await _manager(request).list(limit)
     unreachable: list[str] = []
-    if not _local_only(request):
-        answers = await _ask_peers(request, "GET", "/api/benchmarks", {"scope": "local", "limit": str(limit)})
-        seen = {r["id"] for r in runs}
-        for url, status, body in answers:
-            doc = _json_or_none(body) if status == 200 else None
-            if doc is None or not isinstance(doc.get("runs"), list):
-                unreachable.append(url)
-                continue
-            for run in doc["runs"]:
-                if isinstance(run, dict) and run.get("id") not in seen:
-                    seen.add(run.get("id"))
-                    runs.append(run)
-        runs.sort(key=lambda r: str(r.get("created_at") or ""), reverse=True)
+    if peers.scope(request) == "mesh":
+        answers = await peers.ask_all(request, "GET", "/api/benchmarks", {"limit": str(limit)})
+        runs, unreachable = peers.merge_newest_first(runs, answers, "runs", limit)
     return web.json_response({"runs": runs[:limit], "unreachable": unreachable})
 
 
@@ -162,15 +119,12 @@ def _check_id(run_id: str) -> str:
 
 async def _find(request: web.Request, run_id: str) -> dict[str, Any]:
     _check_id(run_id)
-    doc = await _manager(request).document(run_id)
-    if doc is not None:
-        return doc
-    if not _local_only(request):
-        for _, status, body in await _ask_peers(request, "GET", f"/api/benchmarks/{run_id}", {"scope": "local"}):
-            found = _json_or_none(body) if status == 200 else None
-            if found is not None and found.get("id") == run_id:
-                return found
-    raise NotFound(f"no benchmark {run_id!r} in the mesh")
+    here = await _manager(request).document(run_id)
+    path = f"/api/benchmarks/{run_id}"
+    doc = await peers.here_or_find_json(request, here, "GET", path, where=lambda d: d.get("id") == run_id)
+    if doc is None:
+        raise NotFound(f"no benchmark {run_id!r} in the mesh")
+    return doc
 
 
 async def get_run(request: web.Request) -> web.Response:
@@ -182,13 +136,10 @@ async def cancel(request: web.Request) -> web.Response:
     manager = _manager(request)
     if await manager.document(run_id) is not None:
         return web.json_response(await manager.cancel(run_id))
-    if not _local_only(request):
-        for _, status, body in await _ask_peers(
-            request, "POST", f"/api/benchmarks/{run_id}/cancel", {"scope": "local"}
-        ):
-            found = _json_or_none(body) if status == 200 else None
-            if found is not None:
-                return web.json_response(found)
+    if peers.scope(request) == "mesh":
+        found = await peers.find_json(request, "POST", f"/api/benchmarks/{run_id}/cancel")
+        if found is not None:
+            return web.json_response(found)
     raise NotFound(f"no benchmark {run_id!r} in the mesh")
 
 
@@ -200,11 +151,10 @@ async def export(request: web.Request) -> web.Response:
     _check_id(run_id)
     manager = _manager(request)
     if await manager.document(run_id) is None:
-        if not _local_only(request):
-            params = {"scope": "local", "format": fmt}
-            for _, status, body in await _ask_peers(request, "GET", f"/api/benchmarks/{run_id}/export", params):
-                if status == 200:
-                    return _export_response(run_id, fmt, body)
+        if peers.scope(request) == "mesh":
+            answer = await peers.find_one(request, "GET", f"/api/benchmarks/{run_id}/export", {"format": fmt})
+            if answer is not None:
+                return _export_response(run_id, fmt, answer.body)
         raise NotFound(f"no benchmark {run_id!r} in the mesh")
     rows = await manager.store.queries(run_id)
     if fmt == "json":
@@ -253,37 +203,6 @@ async def compare(request: web.Request) -> web.Response:
             )
     runs = [{k: v for k, v in doc.items() if k != "results"} for doc in docs]
     return web.json_response({"runs": runs, "rows": rows})
-
-
-# --- the peers ------------------------------------------------------------------------------------------------------
-
-
-def _json_or_none(body: bytes) -> dict[str, Any] | None:
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
-async def _ask_peers(
-    request: web.Request, method: str, path: str, params: dict[str, str]
-) -> list[tuple[str, int, bytes]]:
-    """(peer URL, status, body) from every alive peer, concurrently; status 0 for one that did not answer."""
-    urls = list(dict.fromkeys(_node(request).peer_urls()))
-    if not urls:
-        return []
-    session = request.app[SESSION]
-
-    async def ask(base: str) -> tuple[str, int, bytes]:
-        try:
-            async with session.request(method, base + path, params=params) as resp:
-                return base, resp.status, await resp.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            log.info("peer %s left out of %s: %s", base, path, str(exc) or type(exc).__name__)
-            return base, 0, b""
-
-    return list(await asyncio.gather(*(ask(u) for u in urls)))
 
 
 # --- the OpenAPI paths (merged into web/openapi.py's document) ------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Accuracy evaluations under /api (the HTTP side of bench/accuracy.py):
+"""Accuracy evaluations under /api (the HTTP side of bench/evaluations.py):
 
     POST /api/evaluations               JSON {"model", "version"?, "framework"?, "device"?, "node"?, "batch_size"?,
                                         "dataset": "digits"}, or multipart: the same fields and a file part 'dataset'
@@ -13,35 +13,28 @@ so a bad dataset is a 400 naming what is wrong, never a failed evaluation later.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import logging
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from aiohttp import BodyPartReader, MultipartReader, web
 
-from ..bench.accuracy import DEFAULT_BATCH_SIZE, DIGITS, Dataset, Target
+from ..bench.config import Target
+from ..bench.datasets import DIGITS, Dataset
+from ..bench.evaluator import DEFAULT_BATCH_SIZE
 from ..errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
-from .auth import auth_headers
+from . import peers
 
 if TYPE_CHECKING:
     from ..node.node import Node
 
-log = logging.getLogger("carml.evaluations")
-PEER_TIMEOUT_S = 3.0
 MAX_JSON_BYTES = 64 << 10
 MAX_FIELD_BYTES = 4096
 PART_CHUNK = 1 << 16
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
 FIELDS = ("model", "version", "framework", "device", "node", "batch_size")
 ID_RE = re.compile(r"^[0-9a-f]{32}$")
-SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("evaluations_peer_session", aiohttp.ClientSession)
 
 
 def _node(request: web.Request) -> Node:
@@ -55,16 +48,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/evaluations", list_evaluations)
     app.router.add_get("/api/evaluations/{id}", get_evaluation)
     app.router.add_post("/api/evaluations/{id}/cancel", cancel_evaluation)
-    app.cleanup_ctx.append(_peer_session)
-
-
-async def _peer_session(app: web.Application) -> AsyncIterator[None]:
-    from .app import NODE
-
-    headers = auth_headers(app[NODE].config.api_token)
-    async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)) as s:
-        app[SESSION] = s
-        yield
+    peers.install(app)
 
 
 # --- the request ----------------------------------------------------------------------------------------------------
@@ -202,20 +186,6 @@ async def _save(part: BodyPartReader, path: Path, limit: int) -> None:
 # --- reading, across the mesh ---------------------------------------------------------------------------------------
 
 
-def _scope(request: web.Request) -> str:
-    scope = request.query.get("scope", "mesh")
-    if scope not in ("mesh", "local"):
-        raise BadRequest(f"query parameter scope must be 'mesh' or 'local', got {scope[:20]!r}")
-    return scope
-
-
-def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit", str(DEFAULT_LIMIT))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise BadRequest(f"query parameter limit must be an integer from 1 to {MAX_LIMIT}, got {raw[:20]!r}")
-    return int(raw)
-
-
 def _id(request: web.Request) -> str:
     evaluation_id = request.match_info["id"]
     if not ID_RE.fullmatch(evaluation_id):
@@ -225,69 +195,28 @@ def _id(request: web.Request) -> str:
 
 async def list_evaluations(request: web.Request) -> web.Response:
     node = _node(request)
-    scope, limit = _scope(request), _limit(request)
+    scope, limit = peers.scope(request), peers.limit(request)
     local = await node.evaluations.list(limit)
     if scope == "local":
         return web.json_response({"evaluations": local, "unreachable": []})
-    urls = list(dict.fromkeys(node.peer_urls()))
-    session = request.app[SESSION]
-    answers = await asyncio.gather(
-        *(_peer_get(session, f"{u}/api/evaluations", {"scope": "local", "limit": str(limit)}) for u in urls)
-    )
-    merged = list(local)
-    unreachable = []
-    for url, answer in zip(urls, answers, strict=True):
-        if answer is None or not isinstance(answer[1], dict) or not isinstance(answer[1].get("evaluations"), list):
-            unreachable.append(url)
-        else:
-            merged += [e for e in answer[1]["evaluations"] if isinstance(e, dict)]
-    merged.sort(key=lambda e: str(e.get("created_at") or ""), reverse=True)
-    return web.json_response({"evaluations": merged[:limit], "unreachable": unreachable})
+    answers = await peers.ask_all(request, "GET", "/api/evaluations", {"limit": str(limit)})
+    merged, unreachable = peers.merge_newest_first(local, answers, "evaluations", limit)
+    return web.json_response({"evaluations": merged, "unreachable": unreachable})
 
 
 async def get_evaluation(request: web.Request) -> web.Response:
-    node = _node(request)
     evaluation_id = _id(request)
-    doc = await node.evaluations.get(evaluation_id)
-    if doc is not None:
-        return web.json_response(doc)
-    if _scope(request) == "mesh":
-        found = await _ask_peers(request, node, "GET", f"/api/evaluations/{evaluation_id}")
-        if found is not None:
-            return web.json_response(found)
-    raise NotFound(f"no evaluation {evaluation_id} on this node or its peers")
+    here = await _node(request).evaluations.get(evaluation_id)
+    doc = await peers.here_or_find_json(request, here, "GET", f"/api/evaluations/{evaluation_id}")
+    if doc is None:
+        raise NotFound(f"no evaluation {evaluation_id} on this node or its peers")
+    return web.json_response(doc)
 
 
 async def cancel_evaluation(request: web.Request) -> web.Response:
-    node = _node(request)
     evaluation_id = _id(request)
-    doc = await node.evaluations.cancel(evaluation_id)
-    if doc is not None:
-        return web.json_response(doc)
-    if _scope(request) == "mesh":
-        found = await _ask_peers(request, node, "POST", f"/api/evaluations/{evaluation_id}/cancel")
-        if found is not None:
-            return web.json_response(found)
-    raise NotFound(f"no evaluation {evaluation_id} on this node or its peers")
-
-
-async def _ask_peers(request: web.Request, node: Node, method: str, path: str) -> dict[str, Any] | None:
-    """The first peer's answer that is a 200 (it holds the evaluation), asking them all at once."""
-    session = request.app[SESSION]
-    urls = list(dict.fromkeys(node.peer_urls()))
-    answers = await asyncio.gather(*(_peer_get(session, f"{u}{path}", {"scope": "local"}, method=method) for u in urls))
-    for answer in answers:
-        if answer is not None and answer[0] == 200 and isinstance(answer[1], dict):
-            return answer[1]
-    return None
-
-
-async def _peer_get(
-    session: aiohttp.ClientSession, url: str, params: dict[str, str], *, method: str = "GET"
-) -> tuple[int, Any] | None:
-    try:
-        async with session.request(method, url, params=params) as resp:
-            return resp.status, await resp.json(content_type=None)
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        log.info("peer %s left out: %s", url, str(exc) or type(exc).__name__)
-        return None
+    here = await _node(request).evaluations.cancel(evaluation_id)
+    doc = await peers.here_or_find_json(request, here, "POST", f"/api/evaluations/{evaluation_id}/cancel")
+    if doc is None:
+        raise NotFound(f"no evaluation {evaluation_id} on this node or its peers")
+    return web.json_response(doc)

@@ -139,6 +139,9 @@ async def _traced_infer(
                 body_level = _trace_level(parsed)
                 if body_level is not None:  # the body's word over the header's
                     set_level(body_level)
+                    if body_level == NONE and span is not None:
+                        node.tracing.discard(span)
+                        span = None
             trace_id = hex_trace_id(span) if span is not None else None
             response = await _infer_here(request, node, parsed, trace_id)
             if span is not None:

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench/tracing.py [--iterations N] [--rounds R] [--levels none,application,model]
 
-One real carml-node (default level none), one client, msgpack /api/predict, batch 1; each level asked for with the
+One real carml-node, one client, msgpack /api/predict, batch 1; each level asked for with the
 X-Carml-Trace-Level header. The levels are interleaved in R rounds so that drift in the machine hits them alike;
 besides the pooled p50 the table gives the median over the rounds of each round's p50 against that round's
 ``none`` (steadier on a noisy machine). Target (issue #6): application <= 3 % over none.

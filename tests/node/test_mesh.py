@@ -16,39 +16,15 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from nodeproc import joined_nodes, node_config
 
 from carml_mesh.errors import ConfigError
 from carml_mesh.node.cli import build_parser, config_from_args
 from carml_mesh.node.config import NodeConfig
 from carml_mesh.node.node import Node
 
-REPO = Path(__file__).resolve().parents[2]
-# Fast timers so that suspicion and death take a second or two instead of LAN defaults' several.
-FAST = (
-    ("probe_interval", 0.2),
-    ("probe_timeout", 0.1),
-    ("gossip_interval", 0.05),
-    ("push_pull_interval", 2.0),
-    ("leave_propagate_delay", 0.2),
-)
 KEY_A = base64.b64encode(b"k" * 32).decode()
 KEY_B = base64.b64encode(b"z" * 32).decode()
-
-
-def config(tmp: Path, name: str, **kw) -> NodeConfig:
-    return NodeConfig(
-        host="127.0.0.1",
-        port=0,
-        data_dir=tmp / name,
-        manifests_dirs=(REPO / "manifests",),
-        name=name,
-        preload=False,
-        executor="local",
-        gossip_port=0,
-        mdns=False,
-        gossip_overrides=FAST,
-        **kw,
-    )
 
 
 @contextlib.asynccontextmanager
@@ -75,10 +51,11 @@ def gossip_addr(node: Node) -> tuple[str, int]:
 
 
 async def test_three_nodes_join_share_cards_and_leave(models_dir, tmp_path) -> None:
-    a = Node(config(tmp_path, "a"))
+    a = Node(node_config(tmp_path, "a"))
     async with a:
         seed = (gossip_addr(a),)
-        async with nodes(tmp_path, config(tmp_path, "b", join=seed), config(tmp_path, "c", join=seed)) as (b, c):
+        joining = (node_config(tmp_path, "b", join=seed), node_config(tmp_path, "c", join=seed))
+        async with nodes(tmp_path, *joining) as (b, c):
             everyone = {a.id, b.id, c.id}
             await eventually(
                 lambda: all(set(seen(n)) == everyone and set(seen(n).values()) == {"alive"} for n in (a, b, c))
@@ -113,7 +90,7 @@ async def test_three_nodes_join_share_cards_and_leave(models_dir, tmp_path) -> N
 
 
 async def test_killed_node_is_marked_dead(tmp_path) -> None:
-    async with nodes(tmp_path, config(tmp_path, "a"), config(tmp_path, "b")) as (a, b):
+    async with nodes(tmp_path, node_config(tmp_path, "a"), node_config(tmp_path, "b")) as (a, b):
         host, port = gossip_addr(a)
         await b.mesh.gossip.join([(host, port)])
         cmd = [
@@ -163,14 +140,14 @@ async def test_killed_node_is_marked_dead(tmp_path) -> None:
 
 
 async def test_wrong_cluster_key_never_joins(tmp_path) -> None:
-    async with nodes(tmp_path, config(tmp_path, "a", cluster_key=KEY_A)) as (a,):
+    async with nodes(tmp_path, node_config(tmp_path, "a", cluster_key=KEY_A)) as (a,):
         seed = (gossip_addr(a),)
         async with nodes(
             tmp_path,
-            config(tmp_path, "b", cluster_key=KEY_B, join=seed),
-            config(tmp_path, "c", cluster_key=KEY_A, join=seed),
-            config(tmp_path, "d", join=seed),
-            config(tmp_path, "e", cluster="other", cluster_key=KEY_A, join=seed),
+            node_config(tmp_path, "b", cluster_key=KEY_B, join=seed),
+            node_config(tmp_path, "c", cluster_key=KEY_A, join=seed),
+            node_config(tmp_path, "d", join=seed),
+            node_config(tmp_path, "e", cluster="other", cluster_key=KEY_A, join=seed),
         ) as (b, c, d, e):
             await eventually(lambda: seen(a).get(c.id) == "alive" and seen(c).get(a.id) == "alive")
             await eventually(lambda: a.mesh.gossip.statistics()["dropped"].get("crypto", 0) >= 2)
@@ -181,7 +158,7 @@ async def test_wrong_cluster_key_never_joins(tmp_path) -> None:
 
 
 async def test_garbage_datagrams_are_dropped_and_counted(tmp_path) -> None:
-    async with nodes(tmp_path, config(tmp_path, "a")) as (a,):
+    async with nodes(tmp_path, node_config(tmp_path, "a")) as (a,):
         host, port = gossip_addr(a)
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=(host, port))
@@ -217,9 +194,7 @@ def test_gossip_tuning_is_checked() -> None:
 
 
 async def test_a_trace_split_across_nodes_is_assembled_by_either(tmp_path) -> None:
-    async with nodes(tmp_path, config(tmp_path, "a"), config(tmp_path, "b")) as (a, b):
-        await b.mesh.gossip.join([gossip_addr(a)])
-        await eventually(lambda: seen(a).get(b.id) == "alive" and a.peer_urls() == [b.url()])
+    async with joined_nodes(node_config(tmp_path, "a"), node_config(tmp_path, "b")) as (a, b):
         trace = "5af7183fb1d4cf5f"
         now_us = int(time.time() * 1e6)  # spans older than the store's retention (1 h) are dropped
         parts = {
@@ -264,7 +239,7 @@ async def test_a_chunked_body_over_the_limit_is_413(tmp_path) -> None:
         for _ in range(80):
             yield b"\0" * (1 << 20)
 
-    cfg = config(tmp_path, "a")
+    cfg = node_config(tmp_path, "a")
     async with (
         nodes(tmp_path, cfg) as (a,),
         aiohttp.ClientSession() as http,

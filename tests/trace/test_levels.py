@@ -106,11 +106,11 @@ async def test_framework_level_puts_the_profiled_operators_under_worker_compute(
 
 async def test_the_body_field_sets_the_level_over_the_header(node: Node, http: aiohttp.ClientSession, digits_heldout):
     x = digit(digits_heldout)
-    # the node's default is none: the body alone turns tracing on
-    answer = await predict(http, x, framework="onnxruntime", trace="model")
+    # the body's level wins over the header's, up...
+    answer = await predict(http, x, framework="onnxruntime", trace="model", header="none")
     names = {s["name"] for s in await get_trace(http, answer["trace_id"])}
     assert {"post /api/predict", "executor.infer", "worker.compute"} <= names
-    # the body lowers what the header asks for
+    # ...and down
     answer = await predict(http, x, framework="onnxruntime", trace="application", header="model")
     names = {s["name"] for s in await get_trace(http, answer["trace_id"])}
     assert "post /api/predict" in names and "executor.infer" not in names
@@ -156,9 +156,15 @@ async def test_kserve_requests_are_traced_like_predict(node: Node, http: aiohttp
         assert r.status == 200, answer
     names = {s["name"] for s in await get_trace(http, answer["parameters"]["trace_id"])}
     assert names == {"post /v2/models/digits-cnn/infer"}
-    # untraced by default: no trace id
-    async with http.post("/v2/models/digits-cnn/infer", json=kserve_body(x)) as resp:
+    # untraced: no trace id
+    async with http.post("/v2/models/digits-cnn/infer", json=kserve_body(x), headers={LEVEL_HEADER: "none"}) as resp:
         assert "trace_id" not in (await resp.json())["parameters"]
+    before = len(node.tracing.store)
+    body = kserve_body(x, trace_level="none")
+    async with http.post("/v2/models/digits-cnn/infer", json=body, headers={LEVEL_HEADER: "model"}) as resp:
+        assert resp.status == 200
+        assert "trace_id" not in (await resp.json())["parameters"]
+    assert len(node.tracing.store) == before
     async with http.post("/v2/models/digits-cnn/infer", json=kserve_body(x, trace_level=3)) as resp:
         assert resp.status == 400
         assert "parameters.trace_level" in (await resp.json())["error"]

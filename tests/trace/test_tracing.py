@@ -49,7 +49,7 @@ def config(tmp: Path, name: str, models: list[str], **kw) -> NodeConfig:
         gossip_port=0,
         mdns=False,
         gossip_overrides=FAST,
-        **{"trace_level": "application", **kw},  # the nodes' default here; the product's default is none
+        **{"trace_level": "application", **kw},  # the product's default too
     )
 
 
@@ -194,3 +194,31 @@ def test_b3_and_w3c_contexts_are_extracted_and_injected(headers) -> None:
     out = inject(span)
     assert out["traceparent"] == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     assert out["X-B3-SpanId"] == "b7ad6b7169203331"
+
+
+async def test_a_relayed_kserve_request_is_one_trace_across_nodes(pair) -> None:
+    a, b = pair
+    x = (np.arange(64, dtype=np.float32) % 16).tolist()
+    doc = {
+        "inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": x}],
+        "parameters": {"trace_level": "model"},
+    }
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{a.url()}/v2/models/digits-cnn/infer", json=doc) as resp:
+            answer = await resp.json()
+            assert resp.status == 200, answer
+        assert answer["parameters"]["node"] == b.id
+        trace_id = answer["parameters"]["trace_id"]
+        async with http.get(f"{a.url()}/api/v2/trace/{trace_id}") as resp:
+            spans = await resp.json()
+    ids = {s["id"] for s in spans}
+    assert all(s["parentId"] in ids for s in spans if "parentId" in s)
+    (root,) = [s for s in spans if "parentId" not in s]
+    # A: its server span (the header's level: application here) and the hop; B: the body's level, model
+    assert root["tags"]["carml.node.id"] == a.id and root["name"] == "post /v2/models/digits-cnn/infer"
+    (hop,) = [s for s in spans if s.get("kind") == "CLIENT"]
+    assert hop["parentId"] == root["id"] and hop["tags"]["carml.peer.id"] == b.id
+    (b_server,) = [s for s in spans if s.get("kind") == "SERVER" and s["tags"]["carml.node.id"] == b.id]
+    assert b_server["parentId"] == hop["id"]
+    executor = next(s for s in spans if s["name"] == "executor.infer")
+    assert executor["parentId"] == b_server["id"] and executor["tags"]["carml.node.id"] == b.id

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from nodeproc import REPO, Proc, gossip_address, launch, stop, wait_ready
+from nodeproc import joined_nodes, manifests_with, node_config
 
 from carml_mesh.web.auth import Access, access_for
 
@@ -160,41 +159,17 @@ def test_starting_and_cancelling_need_the_token_reading_does_not() -> None:
 # --- two nodes ----------------------------------------------------------------------------------------------------
 
 
-def manifests_with(tmp: Path, name: str, models: list[str]) -> Path:
-    folder = tmp / f"manifests-{name}"
-    folder.mkdir()
-    for model in models:
-        text = (REPO / "manifests" / f"{model}.yml").read_text()
-        (folder / f"{model}.yml").write_text(text.replace("../build/models", str(REPO / "build" / "models")))
-    return folder
-
-
-@pytest.fixture
-def pair(models_dir, tmp_path) -> Iterator[tuple[Proc, Proc]]:
-    """a serves digits-cnn (onnxruntime only); b serves nothing and joins a."""
-    folder = manifests_with(tmp_path, "a", ["digits-cnn"])
-    a = wait_ready(launch(tmp_path, "a", folder))
-    procs = [a]
-    try:
-        a.gossip = gossip_address(a.url)
-        b = wait_ready(launch(tmp_path, "b", manifests_with(tmp_path, "b", []), "--join", a.gossip))
-        procs.append(b)
-        yield a, b
-    finally:
-        for p in procs:
-            stop(p)
-
-
-async def test_a_run_on_one_node_is_visible_from_the_other(pair: tuple[Proc, Proc]) -> None:
-    a, b = pair
-    async with aiohttp.ClientSession() as http:
+async def test_a_run_on_one_node_is_visible_from_the_other(models_dir, tmp_path: Path) -> None:
+    a_serves_digits = node_config(tmp_path, "a", manifests_with(tmp_path, "a", ["digits-cnn"]))
+    b_serves_nothing = node_config(tmp_path, "b", manifests_with(tmp_path, "b", []))
+    async with joined_nodes(a_serves_digits, b_serves_nothing) as (a, b), aiohttp.ClientSession() as http:
         body = {"scenario": "single-stream", "targets": [{"model": "digits-cnn", "node": "a"}], **SHORT}
         async with asyncio.timeout(20):  # b accepts the target once it has a's card
-            while (answer := await post(http, body, b.url))[0] != 202:
+            while (answer := await post(http, body, b.url()))[0] != 202:
                 assert "targets[0]" in answer[1]["error"]
                 await asyncio.sleep(0.1)
         run_id = answer[1]["id"]
-        doc = await poll(http, f"{a.url}/api/benchmarks/{run_id}")  # asked of a: answered by b
+        doc = await poll(http, f"{a.url()}/api/benchmarks/{run_id}")  # asked of a: answered by b
         assert doc["status"] == "done", doc["error"]
         assert doc["node"]["name"] == "b"
         [result] = doc["results"]
@@ -205,13 +180,13 @@ async def test_a_run_on_one_node_is_visible_from_the_other(pair: tuple[Proc, Pro
         assert card["name"] == "a" and any(m["name"] == "digits-cnn" for m in card["models"])
         # the hop shows up as network time: b forwarded every query to a
         assert result["breakdown_ms"]["network"] > 0
-        async with http.get(f"{a.url}/api/benchmarks") as resp:
+        async with http.get(f"{a.url()}/api/benchmarks") as resp:
             listing = await resp.json()
         assert [r["id"] for r in listing["runs"]] == [run_id] and listing["unreachable"] == []
-        async with http.get(f"{a.url}/api/benchmarks?scope=local") as resp:
+        async with http.get(f"{a.url()}/api/benchmarks?scope=local") as resp:
             assert (await resp.json())["runs"] == []
-        async with http.get(f"{a.url}/api/benchmarks/{run_id}/export?format=json") as resp:
+        async with http.get(f"{a.url()}/api/benchmarks/{run_id}/export?format=json") as resp:
             assert resp.status == 200
             assert len((await resp.json())["queries"]) == result["queries"]
-        async with http.get(f"{a.url}/api/benchmarks/compare?ids={run_id}") as resp:
+        async with http.get(f"{a.url()}/api/benchmarks/compare?ids={run_id}") as resp:
             assert [r["run_id"] for r in (await resp.json())["rows"]] == [run_id]

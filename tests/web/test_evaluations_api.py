@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import zipfile
 from pathlib import Path
@@ -13,9 +12,8 @@ import aiohttp
 import numpy as np
 import pytest
 from helpers import png_bytes
+from nodeproc import joined_nodes, node_config
 
-from carml_mesh.node.config import NodeConfig
-from carml_mesh.node.node import Node
 from carml_mesh.web.auth import Access, access_for
 
 POLL_S = 0.05
@@ -219,34 +217,10 @@ async def test_unknown_ids_and_bad_queries(http: aiohttp.ClientSession, method: 
 
 # --- across the mesh ----------------------------------------------------------------------------------------------
 
-REPO = Path(__file__).resolve().parents[2]
-FAST = (("probe_interval", 0.2), ("probe_timeout", 0.1), ("gossip_interval", 0.05), ("push_pull_interval", 2.0))
-
-
-def _config(tmp: Path, name: str, **kw: Any) -> NodeConfig:
-    return NodeConfig(
-        host="127.0.0.1",
-        port=0,
-        data_dir=tmp / name,
-        manifests_dirs=(REPO / "manifests",),
-        name=name,
-        preload=False,
-        executor="local",
-        gossip_port=0,
-        mdns=False,
-        gossip_overrides=FAST,
-        **kw,
-    )
-
 
 async def test_an_evaluation_pinned_to_a_peer_is_seen_from_every_node(tmp_path: Path) -> None:
-    async with contextlib.AsyncExitStack() as stack:
-        a = await stack.enter_async_context(Node(_config(tmp_path, "a")))
-        b = await stack.enter_async_context(Node(_config(tmp_path, "b", join=(a.mesh.gossip.addr,))))
-        async with asyncio.timeout(PATIENCE_S):
-            while not (a.id in b.mesh.cards and b.id in a.mesh.cards and a.peer_urls() and b.peer_urls()):
-                await asyncio.sleep(POLL_S)
-        http = await stack.enter_async_context(aiohttp.ClientSession())
+    pair = joined_nodes(node_config(tmp_path, "a"), node_config(tmp_path, "b"))
+    async with pair as (a, b), aiohttp.ClientSession() as http:
         body = {"model": "digits-cnn", "dataset": "digits", "node": "a"}  # kept on b, inference on a
         async with http.post(f"{b.url()}/api/evaluations", json=body) as resp:
             started = await resp.json()
