@@ -10,13 +10,10 @@ named under ``unreachable``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-import aiohttp
 from aiohttp import web
 
 from ..errors import BadRequest, NotFound, UnsupportedMediaType
@@ -30,7 +27,7 @@ from ..store.feedback import (
     parse_limit,
     parse_listing,
 )
-from .auth import auth_headers
+from . import peers
 
 if TYPE_CHECKING:
     from ..node.node import Node
@@ -38,7 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("carml.feedback")
 PEER_TIMEOUT_S = 2.0
 MAX_BODY_BYTES = 64 << 10
-SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("feedback_peer_session", aiohttp.ClientSession)
 
 
 def _node(request: web.Request) -> Node:
@@ -50,16 +46,7 @@ def _node(request: web.Request) -> Node:
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/models/{name}/feedback", post_feedback)
     app.router.add_get("/api/models/{name}/feedback", get_feedback)
-    app.cleanup_ctx.append(_peer_session)
-
-
-async def _peer_session(app: web.Application) -> AsyncIterator[None]:
-    from .app import NODE
-
-    headers = auth_headers(app[NODE].config.api_token)
-    async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)) as s:
-        app[SESSION] = s
-        yield
+    peers.install(app)
 
 
 def _model_name(request: web.Request) -> str:
@@ -100,28 +87,36 @@ async def get_feedback(request: web.Request) -> web.Response:
     node = _node(request)
     name = _model_name(request)
     limit = parse_limit(request.query.get("limit"))
-    scope = request.query.get("scope", "mesh")
-    if scope not in ("mesh", "local"):
-        raise BadRequest(f"query parameter scope must be 'mesh' or 'local', got {scope[:20]!r}")
+    scope = peers.scope(request)
     local = await FeedbackStore(node.db).listing(name, limit)
     if scope == "local":
         return web.json_response(listing_document(name, local))
-    urls = list(dict.fromkeys(node.peer_urls()))
-    answers = await asyncio.gather(*(_ask(request.app[SESSION], url, name, limit) for url in urls))
-    unreachable = [url for url, answer in zip(urls, answers, strict=True) if answer is None]
-    merged = merge_listings([local, *(a for a in answers if a is not None)], limit)
+    answers = await peers.ask_all(
+        request, "GET", f"/api/models/{name}/feedback", {"limit": str(limit)}, timeout_s=PEER_TIMEOUT_S
+    )
+    listings: list[Listing] = []
+    unreachable: list[str] = []
+    for answer in answers:
+        listing = _listing(answer, name)
+        if listing is None:
+            unreachable.append(answer.url)
+        else:
+            listings.append(listing)
+    merged = merge_listings([local, *listings], limit)
     if merged.count == 0 and not known_model(node, name):
         raise NotFound(f"no model named {name!r} on this node or its peers")
     return web.json_response(listing_document(name, merged, unreachable))
 
 
-async def _ask(session: aiohttp.ClientSession, base: str, name: str, limit: int) -> Listing | None:
-    url = f"{base.rstrip('/')}/api/models/{name}/feedback"
+def _listing(answer: peers.PeerAnswer, name: str) -> Listing | None:
+    """A peer's answer as its feedback listing; None (logged) when it gave none."""
+    doc = answer.json()
+    if doc is None:
+        if answer.status:  # one that did not answer at all (status 0) was logged by peers.ask_all
+            log.info("peer %s left out of the feedback on %s: HTTP %d, no JSON object", answer.url, name, answer.status)
+        return None
     try:
-        async with session.get(url, params={"scope": "local", "limit": str(limit)}) as resp:
-            if resp.status != 200:
-                raise ValueError(f"HTTP {resp.status}")
-            return parse_listing(await resp.json(), name)
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        log.info("peer %s left out of the feedback on %s: %s", base, name, str(exc) or type(exc).__name__)
+        return parse_listing(doc, name)
+    except ValueError as exc:
+        log.info("peer %s left out of the feedback on %s: %s", answer.url, name, exc)
         return None

@@ -13,19 +13,9 @@ import aiohttp
 import msgpack
 import numpy as np
 import pytest
-from nodeproc import REPO, Proc, gossip_address, launch, stop, wait_ready
+from nodeproc import Proc, gossip_address, launch, manifests_with, stop, wait_ready
 
 MSGPACK = "application/msgpack"
-
-
-def manifests_with(tmp: Path, name: str, models: list[str]) -> Path:
-    """A manifests folder holding only ``models``, their artifact paths made absolute."""
-    folder = tmp / f"manifests-{name}"
-    folder.mkdir()
-    for model in models:
-        text = (REPO / "manifests" / f"{model}.yml").read_text()
-        (folder / f"{model}.yml").write_text(text.replace("../build/models", str(REPO / "build" / "models")))
-    return folder
 
 
 def start(tmp: Path, name: str, models: list[str], join: str | None = None) -> Proc:

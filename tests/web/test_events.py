@@ -9,29 +9,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+from nodeproc import node_config
 
-from carml_mesh.node.config import NodeConfig
 from carml_mesh.node.node import Node
 from carml_mesh.web.events import encode_event, fingerprint
-
-REPO = Path(__file__).resolve().parents[2]
-FAST = (("probe_interval", 0.2), ("probe_timeout", 0.1), ("gossip_interval", 0.05), ("push_pull_interval", 2.0))
-
-
-def _config(tmp: Path, name: str, **kw) -> NodeConfig:
-    return NodeConfig(
-        host="127.0.0.1",
-        port=0,
-        data_dir=tmp / name,
-        manifests_dirs=(REPO / "manifests",),
-        name=name,
-        preload=False,
-        executor="local",
-        gossip_port=0,
-        mdns=False,
-        gossip_overrides=FAST,
-        **kw,
-    )
 
 
 async def events(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, dict]]:
@@ -70,13 +51,13 @@ async def test_first_event_is_the_cluster_document(http: aiohttp.ClientSession, 
 
 async def test_a_joining_node_produces_an_event_and_stop_ends_the_stream(tmp_path: Path) -> None:
     async with contextlib.AsyncExitStack() as stack:
-        a = await stack.enter_async_context(Node(_config(tmp_path, "a")))
+        a = await stack.enter_async_context(Node(node_config(tmp_path, "a")))
         http = await stack.enter_async_context(aiohttp.ClientSession())
         resp = await stack.enter_async_context(http.get(f"{a.url()}/api/events"))
         stream = events(resp)
         _, first = await anext(stream)
         assert [m["id"] for m in first["members"]] == [a.id]
-        async with Node(_config(tmp_path, "b", join=(a.mesh.gossip.addr,))) as b:
+        async with Node(node_config(tmp_path, "b", join=(a.mesh.gossip.addr,))) as b:
             async with asyncio.timeout(30):
                 async for _, doc in stream:
                     members = {m["id"]: m for m in doc["members"]}

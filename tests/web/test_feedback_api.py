@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+from nodeproc import joined_nodes, node_config
 
-from carml_mesh.node.config import NodeConfig
 from carml_mesh.node.node import Node
-
-REPO = Path(__file__).resolve().parents[2]
-FAST = (("probe_interval", 0.2), ("probe_timeout", 0.1), ("gossip_interval", 0.05), ("push_pull_interval", 2.0))
 
 
 async def test_feedback_is_validated_kept_and_listed(http: aiohttp.ClientSession) -> None:
@@ -62,37 +58,12 @@ async def test_bad_feedback_is_400_naming_the_field_and_unknown_models_404(http:
         assert resp.status == 200 and (await resp.json())["name"] == "digits-cnn"
 
 
-def _config(tmp: Path, name: str, manifests: Path, **kw) -> NodeConfig:
-    return NodeConfig(
-        host="127.0.0.1",
-        port=0,
-        data_dir=tmp / name,
-        manifests_dirs=(manifests,),
-        name=name,
-        preload=False,
-        executor="local",
-        gossip_port=0,
-        mdns=False,
-        gossip_overrides=FAST,
-        **kw,
-    )
-
-
-async def _eventually(check: Callable[[], bool], timeout: float = 20.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.05)
-
-
 @contextlib.asynccontextmanager
 async def _two_nodes(tmp: Path) -> AsyncIterator[tuple[Node, Node]]:
     """a serves the demo models; b serves none and knows them only from a's card."""
     (tmp / "empty").mkdir()
-    async with contextlib.AsyncExitStack() as stack:
-        a = await stack.enter_async_context(Node(_config(tmp, "a", REPO / "manifests")))
-        b = await stack.enter_async_context(Node(_config(tmp, "b", tmp / "empty", join=(a.mesh.gossip.addr,))))
-        await _eventually(lambda: a.peer_urls() == [b.url()] and b.peer_urls() == [a.url()])
-        await _eventually(lambda: a.id in b.mesh.cards)
+    async with joined_nodes(node_config(tmp, "a"), node_config(tmp, "b", tmp / "empty")) as (a, b):
+        assert a.peer_urls() == [b.url()] and b.peer_urls() == [a.url()]
         yield a, b
 
 
