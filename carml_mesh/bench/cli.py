@@ -23,6 +23,7 @@ from typing import Any, TextIO
 from ..node.client import add_client_args, headers
 
 POLL_S = 0.25
+REQUEST_TIMEOUT_S = 30.0  # one request to the node; a node that takes longer is reported, not waited for
 BAR_WIDTH = 30
 
 
@@ -102,10 +103,14 @@ def _ms(value: Any) -> str:
     return f"{value:.2f}" if isinstance(value, int | float) else "-"
 
 
+def _num(value: Any) -> str:
+    return f"{value:.0f}" if isinstance(value, int | float) else "-"
+
+
 def results_table(doc: dict[str, Any]) -> str:
     head = (
         f"{'TARGET':<40} {'BATCH':>5} {'CONC':>4} {'QPS':>8} {'QUERIES':>7} {'ERR':>4} {'INPUTS/S':>9} "
-        f"{'P50':>7} {'P90':>7} {'P99':>7}  NETWORK/NODE/QUEUE/PREPROC/COMPUTE/POSTPROC ms"
+        f"{'P50':>7} {'P90':>7} {'P99':>7} {'CPU%':>6} {'RSS MB':>7}  NETWORK/NODE/QUEUE/PREPROC/COMPUTE/POSTPROC ms"
     )
     lines = [f"{doc.get('name')} [{doc.get('id')}]: {doc.get('status')}", head]
     for r in doc.get("results") or []:
@@ -113,6 +118,7 @@ def results_table(doc: dict[str, Any]) -> str:
         target = f"{t.get('model')}/{t.get('framework') or '*'}/{t.get('device') or '*'}@{t.get('node') or '*'}"
         lat = r.get("latency_ms") or {}
         parts = r.get("breakdown_ms") or {}
+        util = r.get("utilisation") or {}
         split = "/".join(
             _ms(parts.get(k)) for k in ("network", "node", "queue", "preprocess", "compute", "postprocess")
         )
@@ -121,7 +127,7 @@ def results_table(doc: dict[str, Any]) -> str:
             f"{target[:40]:<40} {r.get('batch_size', ''):>5} {r.get('concurrency', ''):>4} "
             f"{(f'{qps:.1f}' if qps else '-'):>8} {r.get('queries', 0):>7} {r.get('errors', 0):>4} "
             f"{r.get('throughput_ips', 0.0):>9.1f} {_ms(lat.get('p50')):>7} {_ms(lat.get('p90')):>7} "
-            f"{_ms(lat.get('p99')):>7}  {split}"
+            f"{_ms(lat.get('p99')):>7} {_num(util.get('cpu_percent')):>6} {_num(util.get('rss_mb')):>7}  {split}"
         )
         search = r.get("search")
         if search:
@@ -132,41 +138,102 @@ def results_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def base_url(text: str) -> str:
+    """--url as given, with http:// when it names no scheme and without a trailing slash."""
+    text = text.strip().rstrip("/")
+    return text if "://" in text else f"http://{text}"
+
+
+class NodeProblem(Exception):
+    """The node did not answer, or answered something that is not carml-mesh JSON."""
+
+
 async def run_bench(args: argparse.Namespace, err: TextIO = sys.stderr) -> tuple[int, dict[str, Any]]:
+    """Start, follow and print the run: (exit status, the run's document). A first Ctrl-C cancels the run on the
+    node and waits for what it measured; a second one stops waiting (the node keeps what it stores)."""
     import aiohttp
 
+    url = base_url(args.url)
     interrupted = asyncio.Event()
     loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    run_id: str | None = None
+    aborted = False
+
+    def on_sigint() -> None:
+        nonlocal aborted
+        if interrupted.is_set() and main is not None:
+            aborted = True
+            main.cancel()
+        interrupted.set()
+
+    async def get_json(resp: aiohttp.ClientResponse) -> Any:
+        try:
+            return await resp.json(content_type=None)
+        except ValueError:
+            raise NodeProblem(
+                f"{resp.method} {resp.url} answered {resp.status}, not a carml-mesh node's JSON"
+            ) from None
+
     with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGINT, interrupted.set)
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    doc: dict[str, Any] = {}
     try:
-        async with aiohttp.ClientSession(headers=headers(args.token)) as http:
-            async with http.post(f"{args.url}/api/benchmarks", json=request_body(args)) as resp:
-                answer = await resp.json(content_type=None)
-                if resp.status != 202:
-                    return 2, answer if isinstance(answer, dict) else {"error": str(answer)}
-            run_url = f"{args.url}/api/benchmarks/{answer['id']}"
+        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+        async with aiohttp.ClientSession(headers=headers(args.token), timeout=timeout) as http:
+            async with http.post(f"{url}/api/benchmarks", json=request_body(args)) as resp:
+                answer = await get_json(resp)
+                if resp.status != 202 or not isinstance(answer, dict) or "id" not in answer:
+                    error = answer.get("error") if isinstance(answer, dict) else None
+                    return 2, {"error": error or f"{resp.status}: {answer!r:.200}", "status_code": resp.status}
+            run_id = str(answer["id"])
+            run_url = f"{url}/api/benchmarks/{run_id}"
+            if not args.quiet:
+                err.write(f"run {run_id}: {run_url}\n")
+
+            async def poll() -> tuple[int, Any]:
+                async with http.get(run_url) as resp:
+                    return resp.status, await get_json(resp)
+
             cancelled = False
             while True:
-                async with http.get(run_url) as resp:
-                    doc = await resp.json(content_type=None)
-                    if resp.status != 200:
-                        return 2, doc
+                if interrupted.is_set() and not cancelled:
+                    cancelled = True
+                    err.write("\ncancelling the run on the node (Ctrl-C again to stop waiting)...\n")
+                    err.flush()
+                    async with http.post(f"{run_url}/cancel") as resp:
+                        await resp.read()
+                getter = asyncio.ensure_future(poll())
+                if not cancelled:  # a Ctrl-C acts at once, not when a slow poll comes back
+                    waiter = asyncio.ensure_future(interrupted.wait())
+                    try:
+                        await asyncio.wait({getter, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        waiter.cancel()
+                    if not getter.done():
+                        getter.cancel()
+                        await asyncio.wait({getter})  # (never raises: a cancel of this task still does)
+                        continue
+                status, doc = await getter
+                if status != 200 or not isinstance(doc, dict):
+                    return 2, doc if isinstance(doc, dict) else {"error": f"{status}: {doc!r:.200}"}
                 if not args.quiet:
                     err.write("\r" + progress_line(doc.get("progress") or {}) + "\x1b[K")
                     err.flush()
                 if doc.get("status") != "running":
                     break
-                if interrupted.is_set() and not cancelled:
-                    cancelled = True
-                    err.write("\ncancelling the run on the node...\n")
-                    async with http.post(f"{run_url}/cancel") as resp:
-                        await resp.read()
-                    continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(interrupted.wait() if not cancelled else asyncio.sleep(POLL_S), POLL_S)
             if not args.quiet:
                 err.write("\n")
+    except asyncio.CancelledError:
+        if not aborted or main is None:
+            raise
+        main.uncancel()
+        where = f" (run {run_id}: see {url}/api/benchmarks/{run_id})" if run_id else ""
+        return 130, {**doc, "status": doc.get("status", "unknown"), "error": f"stopped waiting for the node{where}"}
+    except TimeoutError:
+        raise NodeProblem(f"the node at {url} did not answer within {REQUEST_TIMEOUT_S:g} s") from None
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGINT)
@@ -179,11 +246,14 @@ def main(args: argparse.Namespace) -> int:
     try:
         rc, doc = asyncio.run(run_bench(args))
     except aiohttp.ClientConnectionError as exc:
-        print(f"carml-node bench: cannot reach a node at {args.url}: {exc}", file=sys.stderr)
+        print(f"carml-node bench: cannot reach a node at {base_url(args.url)}: {exc}", file=sys.stderr)
+        return 2
+    except (NodeProblem, aiohttp.ClientError) as exc:
+        print(f"carml-node bench: {str(exc) or type(exc).__name__}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(doc, indent=2))
-    elif rc == 2:
+    elif rc == 2 or (rc == 130 and "results" not in doc):
         print(f"carml-node bench: {doc.get('error', doc)}", file=sys.stderr)
     else:
         print(results_table(doc))

@@ -21,7 +21,7 @@ MAX_POINTS = 256  # targets x batch sizes x concurrencies
 MAX_CONCURRENCY = 256
 MAX_QPS = 100_000.0
 MAX_DURATION_S = 3600.0
-MAX_MIN_QUERIES = 1_000_000
+MAX_MIN_QUERIES = stats.DEFAULT_MAX_QUERIES  # a configuration stops at this many queries (memory, rows)
 MAX_WARMUP = 10_000
 MAX_BOUND_MS = 600_000.0
 MAX_NAME = 100
@@ -221,6 +221,11 @@ def parse_config(doc: Any, offers: Offers) -> BenchConfig:
     )
     if max_duration < min_duration:
         raise BadRequest(f"max_duration_s: {max_duration:g} is shorter than min_duration_s {min_duration:g}")
+    if qps is not None and qps * min_duration > MAX_MIN_QUERIES:
+        raise BadRequest(
+            f"qps: {qps:g} qps for min_duration_s {min_duration:g} makes {qps * min_duration:.0f} queries per "
+            f"configuration; at most {MAX_MIN_QUERIES} (lower one of them)"
+        )
     warmup = (
         _int(doc["warmup_queries"], "warmup_queries", 0, MAX_WARMUP)
         if doc.get("warmup_queries") is not None

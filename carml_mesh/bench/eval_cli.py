@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 from ..errors import CarmlError
 from ..node import client
+from .cli import NodeProblem, base_url
 from .datasets import DIGITS, zip_folder
 
 POLL_S = 0.25
@@ -68,6 +69,7 @@ async def evaluate(args: argparse.Namespace, err: TextIO = sys.stderr) -> tuple[
     import aiohttp
 
     fields = _fields(args)
+    base = base_url(args.url)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=600)
     async with aiohttp.ClientSession(headers=client.headers(args.token), timeout=timeout) as http:
         with contextlib.ExitStack() as stack:
@@ -98,11 +100,11 @@ async def evaluate(args: argparse.Namespace, err: TextIO = sys.stderr) -> tuple[
                 body: dict[str, Any] = {"data": form}
             else:
                 body = {"json": {**fields, "dataset": args.dataset or DIGITS}}
-            async with http.post(f"{args.url}/api/evaluations", **body) as resp:
-                started = await resp.json(content_type=None)
-                if resp.status != 202:
-                    return 1, started
-        url = f"{args.url}{started['url']}"
+            async with http.post(f"{base}/api/evaluations", **body) as resp:
+                started = await _json(resp)
+                if resp.status != 202 or not isinstance(started, dict) or "url" not in started:
+                    return 1, started if isinstance(started, dict) else {"error": f"{resp.status}: {started!r:.200}"}
+        url = f"{base}{started['url']}"
         try:
             return await _follow(http, url, err)
         except asyncio.CancelledError:
@@ -112,14 +114,21 @@ async def evaluate(args: argparse.Namespace, err: TextIO = sys.stderr) -> tuple[
             raise
 
 
+async def _json(resp: Any) -> Any:
+    try:
+        return await resp.json(content_type=None)
+    except ValueError:
+        raise NodeProblem(f"{resp.method} {resp.url} answered {resp.status}, not a carml-mesh node's JSON") from None
+
+
 async def _follow(http: Any, url: str, err: TextIO) -> tuple[int, dict[str, Any]]:
     tty = err.isatty()
     last = -1.0
     while True:
         async with http.get(url) as resp:
-            doc = await resp.json(content_type=None)
-            if resp.status != 200:
-                return 1, doc
+            doc = await _json(resp)
+            if resp.status != 200 or not isinstance(doc, dict):
+                return 1, doc if isinstance(doc, dict) else {"error": f"{resp.status}: {doc!r:.200}"}
         progress = doc.get("progress") or {}
         fraction = float(progress.get("fraction") or 0.0)
         if tty:
@@ -138,9 +147,12 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
-def print_evaluation(doc: dict[str, Any], as_json: bool, out: TextIO = sys.stdout) -> None:
-    if as_json or "status" not in doc:
-        print(json.dumps(doc, indent=2) if as_json else f"error: {doc.get('error')}", file=out)
+def print_evaluation(doc: dict[str, Any], as_json: bool, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
+    if as_json:
+        print(json.dumps(doc, indent=2), file=out)
+        return
+    if "status" not in doc:  # the node refused it
+        print(f"carml-node evaluate: {doc.get('error', doc)}", file=err)
         return
     dataset = doc.get("dataset") or {}
     served = doc.get("served_by") or {}
@@ -177,7 +189,13 @@ def main(args: argparse.Namespace) -> int:
         print(f"carml-node evaluate: {exc}", file=sys.stderr)
         return 2
     except aiohttp.ClientConnectionError as exc:
-        print(f"carml-node evaluate: cannot reach a node at {args.url}: {exc}", file=sys.stderr)
+        print(f"carml-node evaluate: cannot reach a node at {base_url(args.url)}: {exc}", file=sys.stderr)
+        return 1
+    except (NodeProblem, aiohttp.ClientError) as exc:
+        print(f"carml-node evaluate: {str(exc) or type(exc).__name__}", file=sys.stderr)
+        return 1
+    except TimeoutError:
+        print(f"carml-node evaluate: the node at {base_url(args.url)} stopped answering", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ncarml-node evaluate: cancelled", file=sys.stderr)

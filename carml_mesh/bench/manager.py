@@ -72,14 +72,24 @@ class BenchmarkManager:
     async def start(self, config: BenchConfig) -> BenchmarkRun:
         if self._closed:
             raise TooManyRuns("the node is shutting down")
-        if len(self._tasks) >= self.max_running:
+        if len(self._runs) >= self.max_running:
             raise TooManyRuns(
-                f"this node runs {len(self._tasks)} benchmarks already (at most {self.max_running}); "
+                f"this node runs {len(self._runs)} benchmarks already (at most {self.max_running}); "
                 "wait for one to finish or cancel one"
             )
         run = BenchmarkRun(uuid.uuid4().hex[:16], config, self.node, self.store)
-        self._runs[run.id] = run
-        await self.store.save(run.document())  # visible in the list from the first answer on
+        self._runs[run.id] = run  # counted from now, before the await: a concurrent start sees it
+        try:
+            await self.store.save(run.document())  # visible in the list from the first answer on
+        except BaseException:
+            self._runs.pop(run.id, None)
+            raise
+        if self._closed:  # closed while storing it: aclose did not see this run
+            self._runs.pop(run.id, None)
+            run.cancel()
+            run.status = "cancelled"
+            await self.store.save(run.document())
+            raise TooManyRuns("the node is shutting down")
         task = asyncio.create_task(self._run(run), name=f"benchmark {run.id}")
         self._tasks[run.id] = task
         return run

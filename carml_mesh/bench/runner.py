@@ -32,11 +32,12 @@ import msgpack
 import numpy as np
 
 from .. import __version__
+from ..gossip.messages import State
 from ..web.auth import auth_headers
 from . import stats
 from .config import BenchConfig, Target
 from .store import iso
-from .utilisation import Sampler
+from .utilisation import RemoteSampler, Sampler, matching, worker_processes
 
 if TYPE_CHECKING:
     from ..node.node import Node
@@ -50,6 +51,7 @@ SEARCH_PRECISION = 0.05  # stop once the interval is within 5 % of the best pass
 PROBE_S = 1.0  # the search's offline probe of the capacity, when no qps is given as the upper bound
 MAX_ERROR_LEN = 500
 PEER_TIMEOUT = aiohttp.ClientTimeout(total=5.0)  # descriptions, samples, cards: small answers
+UTILISATION_PATH = "/api/node/utilisation"
 BREAKDOWN_KEYS = ("network", "node", "queue", "preprocess", "compute", "postprocess")
 
 
@@ -57,7 +59,7 @@ class QueryFailed(Exception):
     """One query answered with an error status or not at all."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Query:
     """One measured query. ``latency_ms`` counts from the query's arrival (issue time in closed loops)."""
 
@@ -170,6 +172,7 @@ class BenchmarkRun:
         self._first_error: str | None = None
         self._session: aiohttp.ClientSession | None = None
         self._served: set[str] = set()  # ids of the nodes that answered
+        self._served_by: dict[tuple[str, ...], dict[str, Any]] = {}
 
     # --- public ----------------------------------------------------------------------------------------------------
 
@@ -266,8 +269,7 @@ class BenchmarkRun:
         served = await self._cancellable(self._warmup(workload, concurrency))
         if served is not None:
             result["target"] = served
-        pids = self._pids_for(result["target"])
-        async with Sampler(pids) as sampler:
+        async with self._sampler(result["target"]) as sampler:
             if config.scenario == "server" and config.p99_bound_ms is not None:
                 queries, duration, search = await self._search(n, workload, batch, concurrency, label)
                 result["search"] = search
@@ -342,7 +344,6 @@ class BenchmarkRun:
         started: float,
         record: Callable[[Query], None],
     ) -> None:
-        schedule = stats.poisson_schedule(qps, self.config.seed, rule)
         slots = asyncio.Semaphore(concurrency)
 
         async def one(index: int, arrival: float) -> None:
@@ -350,10 +351,9 @@ class BenchmarkRun:
                 record(await self._query(workload, index, started, arrival))
 
         async with asyncio.TaskGroup() as tg:
-            for index, offset in enumerate(schedule):
+            # lazily: the schedule may be long, and its arrivals are only needed as they come
+            for index, offset in enumerate(stats.server_schedule(qps, self.config.seed, rule)):
                 delay = started + offset - time.perf_counter()
-                if offset >= rule.max_duration_s:
-                    break
                 if delay > 0:
                     await asyncio.sleep(delay)
                 tg.create_task(one(index, started + offset))
@@ -389,6 +389,10 @@ class BenchmarkRun:
             self.progress.done += len(queries)
             latencies = [q.latency_ms for q in queries if q.ok]
             p99 = stats.percentile(latencies, 99) if latencies else None
+            if self._cancelled:  # a step cut short says nothing about its QPS: never the best one
+                steps.append({"qps": round(qps, 3), "p99_ms": p99, "ok": None, "queries": len(queries)})
+                last = (queries, duration)
+                break
             ok = p99 is not None and p99 <= bound and len(latencies) == len(queries)
             steps.append({"qps": round(qps, 3), "p99_ms": p99, "ok": ok, "queries": len(queries)})
             last = (queries, duration)
@@ -439,6 +443,8 @@ class BenchmarkRun:
             "node": node.get("name") or node.get("id"),
             "node_id": node.get("id"),
         }
+        # one dict per distinct server, not per query: a long run holds many queries
+        served = self._served_by.setdefault(tuple(map(str, served.values())), served)
         return Query(index, (arrival - started) * 1e3, (done - arrival) * 1e3, True, None, parts, server_total, served)
 
     async def _post(self, body: bytes) -> dict[str, Any]:
@@ -578,29 +584,43 @@ class BenchmarkRun:
 
     # --- environment, utilisation, storage ------------------------------------------------------------------------
 
-    def _pids_for(self, target: dict[str, Any]) -> Callable[[], list[int]]:
-        """The local workers serving ``target``; none for a target on another node (its utilisation stays null)."""
+    def _sampler(self, target: dict[str, Any]) -> Sampler | RemoteSampler:
+        """This node's workers serving ``target`` read from /proc; a target on another member read through its
+        ``GET /api/node/utilisation`` (all null when that member cannot be found)."""
         node_id, pinned = target.get("node_id"), target.get("node")
         here = (self.node.id, self.node.name)
-        if (node_id is not None and node_id != self.node.id) or (node_id is None and pinned and pinned not in here):
-            return list
+        remote = node_id if node_id is not None and node_id != self.node.id else None
+        if node_id is None and pinned and pinned not in here:
+            remote = pinned
+        if remote is None:
+            return Sampler(self._local_pids(target))
+        base = self._member_url(str(remote))
+        if base is None or self._session is None:
+            return Sampler(list)
+        return RemoteSampler(self._session, base + UTILISATION_PATH, target.get("framework"), target.get("device"))
+
+    def _local_pids(self, target: dict[str, Any]) -> Callable[[], list[int]]:
         executor = self.node.executor
 
         def pids() -> list[int]:
             if executor is None:
                 return []
-            workers = executor.statistics().get("workers", [])
-            chosen = [
-                w["pid"]
-                for w in workers
-                if w.get("alive")
-                and w.get("pid")
-                and (not target.get("framework") or w.get("framework") == target["framework"])
-                and (not target.get("device") or w.get("device") == target["device"])
-            ]
-            return [int(p) for p in chosen]
+            workers = matching(worker_processes(executor.statistics()), target.get("framework"), target.get("device"))
+            return [w["pid"] for w in workers]
 
         return pids
+
+    def _member_url(self, who: str) -> str | None:
+        """The HTTP base URL of the alive member whose id or name is ``who``."""
+        mesh = self.node.mesh
+        if mesh is None or mesh.gossip is None:
+            return None
+        ids = {who} | {member_id for member_id, card in mesh.cards.items() if card and card.get("name") == who}
+        for m in mesh.gossip.members():
+            port = m.meta.get("http")
+            if m.name in ids and m.state == State.ALIVE and isinstance(port, int):
+                return f"http://{m.addr[0]}:{port}"
+        return None
 
     async def _environment(self, session: aiohttp.ClientSession) -> None:
         """The cards of the nodes that served (hardware, framework versions, model sha256)."""

@@ -33,7 +33,7 @@ def map_classes(classes: Sequence[str], labels: Sequence[str]) -> dict[str, int]
             mapping[c] = exact[c]
         elif len(folded.get(key, [])) == 1:
             mapping[c] = folded[key][0]
-        elif c.strip().isdigit() and int(c) < len(labels):
+        elif c.strip().isdecimal() and int(c) < len(labels):
             mapping[c] = int(c)
         elif len(aliases.get(key, ())) == 1:
             mapping[c] = next(iter(aliases[key]))
@@ -58,12 +58,22 @@ def score(truth: np.ndarray, topk: np.ndarray, labels: Sequence[str]) -> dict[st
         return {"images": 0, "top1": None, "top5": None, "per_class": {}, "confusions": [], "confusion": None}
     first = topk[:, 0]
     hit1 = first == truth
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+
+    def name(c: int) -> str:
+        """The class's label, with its index when another class has the same one (ImageNet's two cranes)."""
+        if not 0 <= c < len(labels):
+            return str(c)
+        return labels[c] if counts[labels[c]] == 1 else f"{labels[c]} ({c})"
+
     hit5 = (topk[:, :5] == truth[:, None]).any(axis=1)
     per_class: dict[str, dict[str, Any]] = {}
     classes = sorted(set(truth.tolist()))
     for c in classes:
         mask = truth == c
-        per_class[labels[c]] = {
+        per_class[name(c)] = {
             "index": c,
             "images": int(mask.sum()),
             "top1": float(hit1[mask].mean()),
@@ -76,10 +86,10 @@ def score(truth: np.ndarray, topk: np.ndarray, labels: Sequence[str]) -> dict[st
     ranked = sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_CONFUSIONS]
     confusions = [
         {
-            "true": labels[t],
-            "predicted": labels[p] if 0 <= p < len(labels) else str(p),
+            "true": name(t),
+            "predicted": name(p),
             "count": count,
-            "fraction_of_true": count / per_class[labels[t]]["images"],
+            "fraction_of_true": count / per_class[name(t)]["images"],
         }
         for (t, p), count in ranked
     ]
@@ -89,7 +99,7 @@ def score(truth: np.ndarray, topk: np.ndarray, labels: Sequence[str]) -> dict[st
         matrix = np.zeros((len(classes), len(classes) + 1), dtype=np.int64)  # the last column: another label
         for t, p in zip(truth.tolist(), first.tolist(), strict=True):
             matrix[column[t], column.get(p, len(classes))] += 1
-        confusion = {"labels": [labels[c] for c in classes], "other_column": True, "matrix": matrix.tolist()}
+        confusion = {"labels": [name(c) for c in classes], "other_column": True, "matrix": matrix.tolist()}
     return {
         "images": n,
         "top1": float(hit1.mean()),

@@ -20,6 +20,9 @@ DEFAULT_MIN_QUERIES = {"single-stream": 256, "server": 256, "offline": 512}
 DEFAULT_MIN_DURATION_S = 5.0
 DEFAULT_WARMUP_QUERIES = 16
 DEFAULT_MAX_DURATION_S = 300.0  # a configuration stops here even if its minimums are not met (reported)
+# LoadGen's max_query_count: a configuration stops here whatever its minimums say, so a long or fast run holds a
+# bounded number of per-query records in memory (and rows in the database)
+DEFAULT_MAX_QUERIES = 200_000
 PERCENTILES = (50, 90, 95, 99)
 MAX_CDF_POINTS = 100
 
@@ -31,8 +34,12 @@ def percentile(values: Sequence[float], p: float) -> float:
     if not 0 < p <= 100:
         raise ValueError(f"percentile {p} is outside (0, 100]")
     ordered = sorted(values)
-    rank = max(1, math.ceil(p / 100 * len(ordered)))
-    return ordered[rank - 1]
+    return ordered[_rank(p, len(ordered)) - 1]
+
+
+def _rank(p: float, n: int) -> int:
+    """The 1-based nearest rank ceil(p/100 · n), without float noise: 99.9/100 · 1000 is 999.0000000000001."""
+    return max(1, math.ceil(round(p * n / 100, 6)))
 
 
 def latency_summary(latencies_ms: Sequence[float]) -> dict[str, float | None]:
@@ -43,7 +50,7 @@ def latency_summary(latencies_ms: Sequence[float]) -> dict[str, float | None]:
     ordered = sorted(latencies_ms)
     out: dict[str, float | None] = {"mean": sum(ordered) / len(ordered)}
     for p in PERCENTILES:
-        out[f"p{p}"] = ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
+        out[f"p{p}"] = ordered[_rank(p, len(ordered)) - 1]
     out["max"] = ordered[-1]
     return out
 
@@ -84,11 +91,20 @@ def poisson_arrivals(qps: float, seed: int) -> Iterator[float]:
         yield t
 
 
+def server_schedule(qps: float, seed: int, rules: StopRule) -> Iterator[float]:
+    """LoadGen's server schedule, lazily: Poisson arrivals until there are at least ``min_queries`` of them *and*
+    they span ``min_duration_s``; none at or past ``max_duration_s``, at most ``max_queries``."""
+    for count, t in enumerate(poisson_arrivals(qps, seed), start=1):
+        if t >= rules.max_duration_s or count > rules.max_queries:
+            return
+        yield t
+        if count >= rules.min_queries and t >= rules.min_duration_s:
+            return
+
+
 def poisson_schedule(qps: float, seed: int, rules: StopRule) -> list[float]:
-    """LoadGen's server schedule: max(min_queries, qps · min_duration) arrivals, so both minimums are met."""
-    count = max(rules.min_queries, math.ceil(qps * rules.min_duration_s))
-    arrivals = poisson_arrivals(qps, seed)
-    return [next(arrivals) for _ in range(count)]
+    """:func:`server_schedule` as a list (for tests and small runs)."""
+    return list(server_schedule(qps, seed, rules))
 
 
 @dataclass(frozen=True)
@@ -98,9 +114,14 @@ class StopRule:
     min_queries: int
     min_duration_s: float
     max_duration_s: float = DEFAULT_MAX_DURATION_S
+    max_queries: int = DEFAULT_MAX_QUERIES
 
     def done(self, queries: int, elapsed_s: float) -> bool:
-        return (queries >= self.min_queries and elapsed_s >= self.min_duration_s) or elapsed_s >= self.max_duration_s
+        return (
+            (queries >= self.min_queries and elapsed_s >= self.min_duration_s)
+            or elapsed_s >= self.max_duration_s
+            or queries >= self.max_queries
+        )
 
     def fraction(self, queries: int, elapsed_s: float) -> float:
         """How far along the run is, 0..1: the lesser of the two minimums' progress."""
@@ -111,7 +132,7 @@ class StopRule:
         return max(0.0, min(1.0, by_queries, by_time))
 
     def cut_short(self, queries: int, elapsed_s: float) -> bool:
-        """Whether the run ended on max_duration_s before its minimums were met."""
-        return elapsed_s >= self.max_duration_s and not (
+        """Whether the run ended on max_duration_s or max_queries before its minimums were met."""
+        return (elapsed_s >= self.max_duration_s or queries >= self.max_queries) and not (
             queries >= self.min_queries and elapsed_s >= self.min_duration_s
         )

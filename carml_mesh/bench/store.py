@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +73,7 @@ EXPORT_COLUMNS = (
     "server_total_ms",
 )
 INTERRUPTED = "the node stopped before the run finished"
+EXPORT_PAGE = 5000
 
 
 def iso(ts: float | None) -> str | None:
@@ -210,13 +211,28 @@ class BenchStore:
         return [brief(_row_document(r)) for r in rows]
 
     async def queries(self, run_id: str) -> list[dict[str, Any]]:
+        """Every per-query row of a run, in order (a small run's: see :meth:`query_pages` for a large one)."""
+        return [row async for page in self.query_pages(run_id) for row in page]
+
+    async def query_pages(self, run_id: str, page_size: int = EXPORT_PAGE) -> AsyncIterator[list[dict[str, Any]]]:
+        """The per-query rows of a run in order (configuration, then query index), ``page_size`` at a time, so an
+        export of a long run never holds it whole (keyset pagination on the (run_id, point, idx) index)."""
         cols = ", ".join(EXPORT_COLUMNS)
-        rows = await self.db.run(
-            lambda c: c.execute(
-                f"SELECT {cols} FROM bench_queries WHERE run_id = ? ORDER BY point, qps, idx", (run_id,)
-            ).fetchall()
-        )
-        return [dict(r) for r in rows]
+        after = (-1, -(2**62))
+        while True:
+            rows = await self.db.run(
+                lambda c, after=after: c.execute(
+                    f"SELECT {cols} FROM bench_queries WHERE run_id = ? AND (point, idx) > (?, ?) "
+                    "ORDER BY point, idx LIMIT ?",
+                    (run_id, *after, page_size),
+                ).fetchall()
+            )
+            if not rows:
+                return
+            yield [dict(r) for r in rows]
+            if len(rows) < page_size:
+                return
+            after = (rows[-1]["point"], rows[-1]["idx"])
 
     async def mark_interrupted(self) -> int:
         """Runs a previous process left 'running' (it crashed or was killed): failed, with the reason."""

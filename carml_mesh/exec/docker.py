@@ -70,6 +70,19 @@ def _default_engine_socket() -> bool:
     return any(os.path.exists(p) for p in ("/run/docker.sock", "/var/run/docker.sock"))
 
 
+def host_pid(pid: int, container_id: str, proc: Path = Path("/proc")) -> int | None:
+    """``pid`` (the engine's State.Pid of a container) when this node's /proc sees that very container there: the
+    engine's pid namespace is not ours when the engine is remote, in a VM (Docker Desktop) or the node is itself in a
+    container, and another process could hold that number here; its cgroup names the container when it is ours."""
+    if pid <= 0:
+        return None
+    try:
+        cgroup = (proc / str(pid) / "cgroup").read_text()
+    except OSError:
+        return None
+    return pid if container_id and container_id in cgroup else None
+
+
 class ContainerLauncher(Launcher):
     socket_mode = 0o666  # the worker runs as uid 10001 inside; only the first connection is ever accepted
 
@@ -90,6 +103,7 @@ class ContainerLauncher(Launcher):
         self.device, self.config = device, config
         self.container: Any = None
         self.started_ms = 0.0
+        self.host_pid: int | None = None  # the container's init as this node's /proc sees it (utilisation)
 
     @property
     def ident(self) -> str | None:
@@ -132,6 +146,9 @@ class ContainerLauncher(Launcher):
             await self._remove()
             raise _engine_error(exc, f"cannot start container from {self.image}") from exc
         self.started_ms = (time.perf_counter() - t0) * 1e3
+        with contextlib.suppress(aiodocker.DockerError, aiohttp.ClientError, OSError, ValueError, TypeError):
+            info = await self.container.show()
+            self.host_pid = host_pid(int(info["State"]["Pid"]), self.container.id)
 
     async def wait(self) -> int:
         assert self.container is not None
@@ -316,8 +333,22 @@ class DockerExecutor(LocalExecutor):
         }
         return reply
 
+    def _container_pids(self) -> dict[str, int | None]:
+        pids: dict[str, int | None] = {}
+        for slot in self._slots.values():
+            w = slot.worker
+            if w is not None and w.alive and isinstance(w.launcher, ContainerLauncher) and w.ident:
+                pids[w.ident] = w.launcher.host_pid
+        return pids
+
     def statistics(self) -> dict[str, Any]:
+        # a worker's pid is its container's init on the host, for utilisation; worker_pids() stays empty, as the
+        # node's last-resort kill of worker pids must not hit containers (their removal is the engine's)
         stats = super().statistics()
+        pids = self._container_pids()
+        for worker in stats.get("workers", []):
+            if worker.get("pid") is None and worker.get("ident") in pids:
+                worker["pid"] = pids[worker["ident"]]
         stats.update(
             mode=self.docker_config.mode,
             cold_runs=self.cold_runs,

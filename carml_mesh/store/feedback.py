@@ -52,6 +52,7 @@ class Listing:
     count: int
     rating_sum: int
     items: list[dict[str, Any]]
+    node_id: str = ""  # the node whose own rows these are ("" for a merged listing); a node is counted once
 
     @property
     def average(self) -> float | None:
@@ -73,7 +74,7 @@ def parse_feedback(doc: object) -> NewFeedback:
     return NewFeedback(
         rating=rating,
         comment=_text(doc, "comment", MAX_COMMENT_CHARS),
-        author=_text(doc, "author", MAX_AUTHOR_CHARS),
+        author=_text(doc, "author", MAX_AUTHOR_CHARS).strip(),  # "  " is no name: shown as anonymous
     )
 
 
@@ -147,7 +148,7 @@ class FeedbackStore:
         )
         return row
 
-    async def listing(self, model: str, limit: int = DEFAULT_LIMIT) -> Listing:
+    async def listing(self, model: str, limit: int = DEFAULT_LIMIT, node_id: str = "") -> Listing:
         await self.db.ensure(TABLE, *SCHEMA)
 
         def read(c: sqlite3.Connection) -> Listing:
@@ -157,13 +158,13 @@ class FeedbackStore:
             rows = c.execute(
                 "SELECT * FROM feedback WHERE model = ? ORDER BY created_at DESC, rowid DESC LIMIT ?", (model, limit)
             ).fetchall()
-            return Listing(int(count), int(total), [_row(r) for r in rows])
+            return Listing(int(count), int(total), [_row(r) for r in rows], node_id)
 
         return await self.db.run(read)
 
 
 def listing_document(model: str, listing: Listing, unreachable: Iterable[str] = ()) -> dict[str, Any]:
-    return {
+    doc = {
         "model": model,
         "count": listing.count,
         "average": listing.average,
@@ -171,6 +172,9 @@ def listing_document(model: str, listing: Listing, unreachable: Iterable[str] = 
         "items": listing.items,
         "unreachable": list(unreachable),
     }
+    if listing.node_id:  # one node's own rows (a ?scope=local answer)
+        doc["node"] = {"id": listing.node_id}
+    return doc
 
 
 def parse_listing(doc: object, model: str) -> Listing:
@@ -190,15 +194,23 @@ def parse_listing(doc: object, model: str) -> Listing:
         ):
             raise ValueError("an item lacks id, created_at or rating")
         kept.append(item)
-    return Listing(count, total, kept)
+    node = doc.get("node")
+    node_id = node.get("id") if isinstance(node, dict) else None
+    return Listing(count, total, kept, node_id if isinstance(node_id, str) else "")
 
 
 def merge_listings(listings: Iterable[Listing], limit: int = DEFAULT_LIMIT) -> Listing:
     """Several nodes' listings as one: totals added (each row lives on the one node it was posted to), items
-    newest first, at most ``limit``."""
+    newest first, at most ``limit``. A node that answers twice (reached under two addresses) is counted once, so
+    the mesh's average is each rating counted once."""
     count = total = 0
     items: dict[str, dict[str, Any]] = {}
+    seen: set[str] = set()
     for listing in listings:
+        if listing.node_id:
+            if listing.node_id in seen:
+                continue
+            seen.add(listing.node_id)
         count += listing.count
         total += listing.rating_sum
         items.update((i["id"], i) for i in listing.items)

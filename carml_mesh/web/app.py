@@ -12,7 +12,7 @@ from aiohttp import web
 
 from ..errors import CarmlError
 from ..trace.zipkin_store import SpanStore
-from . import api, bench_api, evaluations_api, events, feedback_api, kserve, models_api, zipkin
+from . import api, bench_api, evaluations_api, events, feedback_api, kserve, models_api, utilisation_api, zipkin
 from .auth import auth_headers, make_auth_middleware
 
 if TYPE_CHECKING:
@@ -65,6 +65,7 @@ def make_app(node: Node) -> web.Application:
     feedback_api.add_routes(app)
     evaluations_api.add_routes(app)
     bench_api.add_routes(app)  # /api/benchmarks: runs, across the mesh
+    utilisation_api.add_routes(app)  # /api/node/utilisation: what a remote benchmark samples
     events.add_routes(app)  # /api/events: the cluster, live (SSE)
     # Zipkin v2 on every node: spans kept here; a trace asked for by id is assembled from the peers' parts too
     app[TRACE_STORE] = SpanStore()

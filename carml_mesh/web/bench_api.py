@@ -143,7 +143,7 @@ async def cancel(request: web.Request) -> web.Response:
     raise NotFound(f"no benchmark {run_id!r} in the mesh")
 
 
-async def export(request: web.Request) -> web.Response:
+async def export(request: web.Request) -> web.StreamResponse:
     run_id = request.match_info["id"]
     fmt = request.query.get("format", "csv")
     if fmt not in ("csv", "json"):
@@ -156,23 +156,39 @@ async def export(request: web.Request) -> web.Response:
             if answer is not None:
                 return _export_response(run_id, fmt, answer.body)
         raise NotFound(f"no benchmark {run_id!r} in the mesh")
-    rows = await manager.store.queries(run_id)
+    # streamed a page of rows at a time: a long run has many, and neither side should hold them all
+    resp = web.StreamResponse(headers=_export_headers(run_id, fmt))
+    resp.content_type = "text/csv" if fmt == "csv" else "application/json"
+    await resp.prepare(request)
     if fmt == "json":
-        body = json.dumps({"id": run_id, "columns": list(EXPORT_COLUMNS), "queries": rows}).encode()
+        await resp.write(
+            f'{{"id": {json.dumps(run_id)}, "columns": {json.dumps(list(EXPORT_COLUMNS))}, "queries": ['.encode()
+        )
     else:
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        body = out.getvalue().encode()
-    return _export_response(run_id, fmt, body)
+        await resp.write((",".join(EXPORT_COLUMNS) + "\n").encode())
+    first = True
+    async for page in manager.store.query_pages(run_id):
+        if fmt == "json":
+            text = ", ".join(json.dumps(row) for row in page)
+            await resp.write((text if first else ", " + text).encode())
+        else:
+            out = io.StringIO()
+            csv.DictWriter(out, fieldnames=EXPORT_COLUMNS, lineterminator="\n").writerows(page)
+            await resp.write(out.getvalue().encode())
+        first = False
+    if fmt == "json":
+        await resp.write(b"]}")
+    await resp.write_eof()
+    return resp
+
+
+def _export_headers(run_id: str, fmt: str) -> dict[str, str]:
+    return {"Content-Disposition": f'attachment; filename="benchmark-{run_id}.{fmt}"'}
 
 
 def _export_response(run_id: str, fmt: str, body: bytes) -> web.Response:
     return web.Response(
-        body=body,
-        content_type="text/csv" if fmt == "csv" else "application/json",
-        headers={"Content-Disposition": f'attachment; filename="benchmark-{run_id}.{fmt}"'},
+        body=body, content_type="text/csv" if fmt == "csv" else "application/json", headers=_export_headers(run_id, fmt)
     )
 
 

@@ -64,7 +64,7 @@ def parse_fields(doc: dict[str, Any], max_batch: int) -> tuple[Target, int]:
     if not model:
         raise BadRequest("the field 'model' is required: the name of the model to evaluate")
     batch_size = doc.get("batch_size", DEFAULT_BATCH_SIZE)
-    if isinstance(batch_size, str) and batch_size.strip().isdigit():
+    if isinstance(batch_size, str) and batch_size.strip().isdecimal():
         batch_size = int(batch_size)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or not 1 <= batch_size <= max_batch:
         raise BadRequest(f"'batch_size' must be an integer from 1 to {max_batch}, got {batch_size!r}")

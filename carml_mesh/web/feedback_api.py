@@ -88,7 +88,7 @@ async def get_feedback(request: web.Request) -> web.Response:
     name = _model_name(request)
     limit = parse_limit(request.query.get("limit"))
     scope = peers.scope(request)
-    local = await FeedbackStore(node.db).listing(name, limit)
+    local = await FeedbackStore(node.db).listing(name, limit, node_id=node.id)
     if scope == "local":
         return web.json_response(listing_document(name, local))
     answers = await peers.ask_all(

@@ -198,8 +198,14 @@ def _feedback_and_events_paths(model_path: dict[str, Any]) -> dict[str, Any]:
             "model": {"type": "string"},
             "count": {"type": "integer"},
             "average": {"type": ["number", "null"]},
+            "rating_sum": {"type": "integer"},
             "items": {"type": "array", "items": item},
             "unreachable": {"type": "array", "items": {"type": "string"}},
+            "node": {
+                "type": "object",
+                "description": "scope=local only: the node whose rows these are (a node is counted once)",
+                "properties": {"id": {"type": "string"}},
+            },
         },
     }
     created = _responses({"description": "unused"}, 400, 401, 404, 415)
@@ -247,7 +253,10 @@ def _feedback_and_events_paths(model_path: dict[str, Any]) -> dict[str, Any]:
         "/api/events": {
             "get": {
                 "summary": "Server-Sent Events: a 'cluster' event (GET /api/cluster's document), then one per change",
-                "responses": {"200": {"description": "text/event-stream", "content": {"text/event-stream": {}}}},
+                "responses": {
+                    "200": {"description": "text/event-stream", "content": {"text/event-stream": {}}},
+                    "503": {"description": "too many open streams (Retry-After), or the node is stopping"},
+                },
             }
         },
     }
@@ -693,5 +702,9 @@ def openapi_document() -> dict[str, Any]:
     from .bench_api import openapi_paths as benchmark_paths  # there, beside the routes it describes
 
     for path, methods in benchmark_paths().items():
+        document["paths"].setdefault(path, {}).update(methods)
+    from .utilisation_api import openapi_paths as utilisation_paths
+
+    for path, methods in utilisation_paths().items():
         document["paths"].setdefault(path, {}).update(methods)
     return document

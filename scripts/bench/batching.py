@@ -84,6 +84,42 @@ def batching_stats(url: str, model: str) -> dict[str, Any]:
     return found[0] if found else {}
 
 
+async def executor_overhead(iterations: int, rounds: int) -> dict[str, np.ndarray]:
+    """digits-cnn through one LocalExecutor, alone and wrapped in a BatchingExecutor, alternating in rounds: what
+    the batcher's idle path (nothing in flight: dispatch at once) adds to a lone request, without HTTP around it."""
+
+    from carml_mesh.exec.base import ModelSpec
+    from carml_mesh.exec.batching import BatchingExecutor
+    from carml_mesh.exec.local import LocalExecutor, LocalExecutorConfig
+    from carml_mesh.exec.worker.protocol import encode_tensor
+    from carml_mesh.store.artifacts import sha256_file
+
+    path = MODELS / "digits-cnn" / "model.onnx"
+    spec = {
+        "inputs": [{"name": "input", "type": "tensor", "element_type": "float32", "dimensions": [1, 8, 8]}],
+        "outputs": [{"name": "logits", "type": "classification", "probabilities": "softmax"}],
+        "labels": [str(d) for d in range(10)],
+        "batching": {"max_batch_size": 64, "max_queue_delay_ms": 1.0},
+    }
+    model = ModelSpec("digits-cnn", "1.0.0", "onnxruntime", "cpu", sha256_file(path), str(path), spec)
+    x = np.load(MODELS / "digits-cnn" / "heldout.npz")["X"][:1].astype(np.float32)
+    message = {"tensors": {"input": encode_tensor(x)}, "top_k": 5}
+    out: dict[str, list[float]] = {"executor": [], "batching executor": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        async with LocalExecutor(Path(tmp), LocalExecutorConfig(threads=1)) as local:
+            batching = BatchingExecutor(local)
+            await local.load(model)
+            for _ in range(rounds):
+                for label, executor in (("executor", local), ("batching executor", batching)):
+                    for n in range(iterations // rounds + 50):
+                        t0 = time.perf_counter()
+                        await executor.infer(model, dict(message), timeout=30)
+                        if n >= 50:
+                            out[label].append((time.perf_counter() - t0) * 1e3)
+            await batching.aclose()
+    return {label: np.asarray(ms) for label, ms in out.items()}
+
+
 CONFIGS = {  # label -> node flags
     "off": ["--batching", "off"],
     "on": ["--batching", "auto"],  # the manifest's delay: 2 ms for efficientnet-lite0, 1 ms for digits-cnn
@@ -154,6 +190,13 @@ def main() -> None:
     for label in CONFIGS:
         ms = np.concatenate(digits_ms[label])
         print(f"{label:>12}{pct(ms, 50):>9.3f}{pct(ms, 99):>9.3f}{pct(ms, 50) - base:>+12.3f}")
+    print("\ndigits-cnn, in-process executor call, one input (ms): what the batcher's idle path adds")
+    import asyncio
+
+    direct = asyncio.run(executor_overhead(args.digits_iterations * 2, args.rounds * 2))
+    base = pct(direct["executor"], 50)
+    for label, ms in direct.items():
+        print(f"{label:>18}{pct(ms, 50):>9.3f}{pct(ms, 99):>9.3f}{pct(ms, 50) - base:>+12.3f}")
     print(f"\n{args.duration:.0f} s per point, worker threads {args.worker_threads}, worker pool 2")
 
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sys
+from collections.abc import AsyncIterator
+
+from aiohttp import web
 
 from carml_mesh.bench.cli import progress_line
 from carml_mesh.node.node import Node
@@ -84,3 +88,69 @@ async def test_ctrl_c_cancels_the_run_on_the_node(node: Node) -> None:
 def test_progress_line() -> None:
     line = progress_line({"done": 5, "total": 20, "fraction": 0.25, "phase": "warm-up"}, width=8)
     assert line == "[##......]  25.0% 5/20 warm-up"
+
+
+@contextlib.asynccontextmanager
+async def hanging_node() -> AsyncIterator[str]:
+    """A server that accepts a run and then never answers a poll (a node that hangs): fault injection."""
+    release = asyncio.Event()
+
+    async def start(request: web.Request) -> web.Response:
+        return web.json_response({"id": "0123456789abcdef", "status": "running", "url": "x"}, status=202)
+
+    async def hang(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.json_response({})
+
+    async def not_json(request: web.Request) -> web.Response:
+        return web.Response(text="<html>not a node</html>")
+
+    app = web.Application()
+    app.router.add_post("/api/benchmarks", start)
+    app.router.add_get("/api/benchmarks/{id}", hang)
+    app.router.add_post("/api/benchmarks/{id}/cancel", hang)
+    app.router.add_get("/html/api/benchmarks/{id}", hang)
+    app.router.add_post("/html/api/benchmarks", not_json)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"127.0.0.1:{port}"  # no scheme: the command adds http://
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
+async def cli(url: str, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "carml_mesh.node", "bench", "--url", url, "--scenario", "offline", "--model", "m", *args),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def test_a_second_ctrl_c_stops_waiting_for_a_hung_node() -> None:
+    async with hanging_node() as url:
+        proc = await cli(url)
+        assert proc.stderr is not None
+        async with asyncio.timeout(30):
+            line = await proc.stderr.readline()  # the run's id: it started, the poll now hangs
+        assert b"run 0123456789abcdef" in line
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):  # at once, though the poll in flight never comes back
+            while b"cancelling" not in await proc.stderr.readline():
+                pass
+        proc.send_signal(signal.SIGINT)
+        rc, _, err = await finish(proc)
+    assert rc == 130
+    assert "stopped waiting for the node (run 0123456789abcdef" in err
+
+
+async def test_an_answer_that_is_not_a_node_is_said_so() -> None:
+    async with hanging_node() as url:
+        rc, out, err = await finish(await cli(f"http://{url}/html/"))
+    assert rc == 2 and out == ""
+    assert "not a carml-mesh node's JSON" in err and "Traceback" not in err

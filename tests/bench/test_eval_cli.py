@@ -52,5 +52,10 @@ async def test_evaluate_a_folder_prints_a_table(node, digits_heldout, tmp_path: 
 async def test_usage_and_node_errors(node, tmp_path: Path) -> None:
     rc, _, err = await _cli("--url", node.url(), "--model", "digits-cnn", "--zip", str(tmp_path / "missing.zip"))
     assert rc == 2 and "missing.zip is not a file" in err
-    rc, out, _ = await _cli("--url", node.url(), "--model", "nope")
-    assert rc == 1 and "unknown model 'nope'" in out
+    rc, out, err = await _cli("--url", node.url(), "--model", "nope")
+    assert rc == 1 and out == "" and "carml-node evaluate: unknown model 'nope'" in err
+    # a URL without its scheme is the node's; something that is not a node is said so, without a traceback
+    rc, out, err = await _cli("--url", node.url().removeprefix("http://"), "--model", "nope")
+    assert rc == 1 and "unknown model 'nope'" in err
+    rc, out, err = await _cli("--url", node.url() + "/static", "--model", "digits-cnn")
+    assert rc == 1 and "Traceback" not in err and "carml-node evaluate:" in err

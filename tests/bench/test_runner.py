@@ -203,4 +203,6 @@ async def test_a_server_schedule_is_reproducible_from_its_seed(node: Node) -> No
     ]
     assert issued[0] == issued[1]  # the same arrival times, to the microsecond
     assert issued[0] != issued[2]
-    assert len(issued[0]) == 60 and issued[0] == sorted(issued[0])  # max(30 queries, 300 qps x 0.2 s)
+    assert issued[0] == sorted(issued[0])
+    # LoadGen's rule: at least 30 queries, and arrivals until one at or past 0.2 s (about 300 qps x 0.2 s = 60)
+    assert len(issued[0]) >= 30 and issued[0][-1] >= 200.0 > issued[0][-2]

@@ -81,3 +81,23 @@ def test_at_most_twenty_confusions_most_first() -> None:
     figures = score(truth, predicted[:, None], labels)
     counts = [c["count"] for c in figures["confusions"]]
     assert len(counts) == 20 and counts == sorted(counts, reverse=True) and counts[0] == 30
+
+
+def test_a_class_folder_of_other_digits_is_refused_not_a_crash() -> None:
+    # "²".isdigit() is True, int("²") raises: such a folder name is unmatched, a 400
+    with pytest.raises(BadRequest, match="match no label"):
+        map_classes(["²"], ["zero", "one", "two", "three"])
+    assert map_classes([" 2"], ["zero", "one", "two"]) == {" 2": 2}
+
+
+def test_labels_that_repeat_keep_their_classes_apart() -> None:
+    # ImageNet names two classes "crane" (the bird, the machine): per class figures must not merge them
+    labels = ["cat", "crane", "crane"]
+    truth = np.array([1, 1, 2, 2, 2])
+    ranked = np.array([[1], [2], [2], [1], [0]])
+    figures = score(truth, ranked, labels)
+    assert len(figures["per_class"]) == 2
+    assert sorted((c["index"], c["images"]) for c in figures["per_class"].values()) == [(1, 2), (2, 3)]
+    for c in figures["confusions"]:
+        assert c["count"] <= figures["per_class"][c["true"]]["images"]
+    assert sum(c["count"] for c in figures["confusions"]) == 3

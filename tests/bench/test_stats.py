@@ -27,6 +27,14 @@ def test_nearest_rank_percentiles_are_measured_values() -> None:
     assert stats.percentile([7.5], 99) == 7.5
 
 
+def test_a_fractional_percentile_has_no_float_noise_in_its_rank() -> None:
+    values = list(range(1, 1001))
+    assert stats.percentile(values, 99.9) == 999  # 99.9 / 100 * 1000 is 999.0000000000001 in floats
+    assert stats.percentile(values * 2, 99.9) == 999  # rank 1998 of 2000
+    assert stats.percentile(values, 99.95) == 1000
+    assert stats.percentile(list(range(1, 41)), 97.5) == 39
+
+
 def test_percentile_rejects_what_has_no_answer() -> None:
     with pytest.raises(ValueError):
         stats.percentile([], 50)
@@ -96,10 +104,40 @@ def test_poisson_schedule_is_reproducible_from_its_seed() -> None:
 
 
 def test_poisson_schedule_meets_both_minimums_as_loadgen() -> None:
-    # few queries wanted, long duration: the duration decides (qps * min_duration arrivals)
-    assert len(stats.poisson_schedule(100.0, 1, stats.StopRule(min_queries=10, min_duration_s=3.0))) == 300
+    # few queries wanted, long duration: the duration decides (about qps * min_duration arrivals)
+    few = stats.poisson_schedule(100.0, 1, stats.StopRule(min_queries=10, min_duration_s=3.0))
+    assert len(few) == pytest.approx(300, rel=0.2)
     # many queries wanted, short duration: the query count decides
     assert len(stats.poisson_schedule(100.0, 1, stats.StopRule(min_queries=1000, min_duration_s=1.0))) == 1000
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_server_schedule_always_spans_its_minimum_duration(seed: int) -> None:
+    # qps x min_duration arrivals end before min_duration about half the time (a sum of exponentials); LoadGen
+    # keeps generating until both the count and the duration are met
+    rule = stats.StopRule(min_queries=10, min_duration_s=2.0)
+    schedule = stats.poisson_schedule(50.0, seed, rule)
+    assert len(schedule) >= 10
+    assert schedule[-1] >= 2.0 > schedule[-2]  # the first arrival past the minimum duration ends it
+
+
+def test_a_server_schedule_is_bounded_and_lazy() -> None:
+    # 100k qps for an hour would be 360 M arrivals held in a list; the schedule stops at max_queries, lazily
+    rule = stats.StopRule(min_queries=1, min_duration_s=3600.0, max_duration_s=3600.0, max_queries=1000)
+    assert len(stats.poisson_schedule(100_000.0, 0, rule)) == 1000
+    first = next(stats.server_schedule(100_000.0, 0, rule))
+    assert 0 < first < 0.01
+    # nothing at or past max_duration_s
+    capped = stats.poisson_schedule(10.0, 0, stats.StopRule(min_queries=1000, min_duration_s=1.0, max_duration_s=5.0))
+    assert capped and capped[-1] < 5.0 and len(capped) < 1000
+
+
+def test_stop_rule_stops_at_max_queries_and_calls_it_cut_short() -> None:
+    rule = stats.StopRule(min_queries=10, min_duration_s=60.0, max_duration_s=300.0, max_queries=500)
+    assert not rule.done(499, 1.0)
+    assert rule.done(500, 1.0)  # a fast closed loop cannot pile up records for 300 s
+    assert rule.cut_short(500, 1.0)
+    assert not rule.cut_short(500, 60.0)
 
 
 def test_stop_rule_needs_both_minimums() -> None:

@@ -93,3 +93,13 @@ def test_a_peer_listing_round_trips_and_nonsense_is_refused() -> None:
     for bad in (None, [], {**doc, "model": "n"}, {**doc, "count": "1"}, {**doc, "items": [{"id": 1}]}):
         with pytest.raises(ValueError):
             parse_listing(bad, "m")
+
+
+def test_a_node_answering_twice_is_counted_once() -> None:
+    a = Listing(2, 9, [_item("a2", "2026-01-02T00:00:00.000Z", 4), _item("a1", "2026-01-01T00:00:00.000Z", 5)], "na")
+    b = Listing(1, 1, [_item("b1", "2026-01-01T12:00:00.000Z", 1)], "nb")
+    merged = merge_listings([a, b, parse_listing(listing_document("m", a), "m")])  # a again, as a peer's answer
+    assert (merged.count, merged.rating_sum, merged.average, merged.node_id) == (3, 10, 3.333, "")
+    assert [i["id"] for i in merged.items] == ["a2", "b1", "a1"]
+    assert "node" not in listing_document("m", merged) and listing_document("m", a)["node"] == {"id": "na"}
+    assert parse_feedback({"rating": 3, "author": "  "}).author == ""

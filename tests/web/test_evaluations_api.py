@@ -142,6 +142,8 @@ PNG = png_bytes(np.zeros((8, 8), dtype=np.uint8))
         ({"json": {"model": "digits-cnn", "dataset": "digits", "colour": 1}}, 400, "unknown field 'colour'"),
         ({"json": {"model": 3, "dataset": "digits"}}, 400, "'model' must be a string"),
         ({"json": {"model": "digits-cnn", "dataset": "digits", "batch_size": 0}}, 400, "'batch_size' must be"),
+        ({"json": {"model": "digits-cnn", "dataset": "digits", "batch_size": "²"}}, 400, "'batch_size' must be"),
+        ({"json": {"model": "digits-cnn", "dataset": "digits", "batch_size": True}}, 400, "'batch_size' must be"),
         ({"json": ["digits-cnn"]}, 400, "must be a JSON object"),
         ({"data": b"{not json", "headers": {"Content-Type": "application/json"}}, 400, "not valid JSON"),
         ({"data": b"model=x", "headers": {"Content-Type": "text/plain"}}, 415, "multipart/form-data"),

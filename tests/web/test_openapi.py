@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from carml_mesh.web import api, bench_api, evaluations_api, events, feedback_api, kserve, models_api
+from carml_mesh.web import api, bench_api, evaluations_api, events, feedback_api, kserve, models_api, utilisation_api
 from carml_mesh.web.openapi import openapi_document
 
 
 def test_every_route_is_documented() -> None:
     app = web.Application()
-    for module in (api, kserve, models_api, feedback_api, events, evaluations_api, bench_api):
+    for module in (api, kserve, models_api, feedback_api, events, evaluations_api, bench_api, utilisation_api):
         module.add_routes(app)
     routes = {(r.method.lower(), r.resource.canonical) for r in app.router.routes() if r.resource is not None}
     documented = {(m, p) for p, methods in openapi_document()["paths"].items() for m in methods}

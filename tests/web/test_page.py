@@ -6,7 +6,10 @@ Screenshots go to build/test-artifacts/page/. Skipped, with the reason, only whe
 
 from __future__ import annotations
 
+import json
+import secrets
 import shutil
+import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -232,3 +235,110 @@ async def test_a_node_joining_and_leaving_shows_live(page: Page, mesh: list[node
     await playwright_api.expect(member).to_have_attribute("data-state", "left")
     await playwright_api.expect(page.page.locator("#cluster-activity")).to_contain_text("c left")
     await page.shot("cluster-leave")
+
+
+def framework_trace(node_id: str, ops: int = 300) -> tuple[str, list[dict]]:
+    """A trace shaped like a framework-level one: a request, its worker stages, and hundreds of op spans (each with
+    two children) inside a few milliseconds of a long request."""
+    trace_id = secrets.token_hex(16)
+    t0 = 1_700_000_000_000_000
+    tags = {"carml.node.id": node_id}
+    ids = iter(f"{i:016x}" for i in range(1, 10 * ops))
+
+    def span(name: str, parent: str | None, start: int, duration: int) -> dict:
+        s = {"traceId": trace_id, "id": next(ids), "name": name, "timestamp": t0 + start, "duration": duration}
+        return {**s, "parentId": parent, "tags": tags} if parent else {**s, "tags": tags}
+
+    root = span("post /api/predict", None, 0, 2_000_000)
+    compute = span("worker.compute", root["id"], 1_000_000, 30 * ops)
+    forward = span("forward", compute["id"], 1_000_010, 30 * ops - 20)
+    spans = [root, span("model.load", root["id"], 10, 900_000), compute, forward]
+    for i in range(ops):
+        op = span(f"aten::op_{i}", forward["id"], 1_000_010 + 30 * i, 25)
+        spans += [op, span(f"aten::inner_{i}", op["id"], 1_000_011 + 30 * i, 10)]
+    return trace_id, spans
+
+
+async def test_a_trace_of_hundreds_of_op_spans_opens_folded_and_zooms(page: Page, mesh: list[nodeproc.Proc]) -> None:
+    a, _ = mesh
+    trace_id, spans = framework_trace(a.node_id)
+    posted = await page.page.request.post(
+        a.url + "/api/v2/spans", data=json.dumps(spans), headers={"Content-Type": "application/json"}
+    )
+    assert posted.status == 202
+    await page.page.goto(f"{a.url}/#trace/{trace_id}")
+    rows = page.page.locator("#trace-view .span-row")
+    forward = page.page.locator('#trace-view .span-row[data-span-id="0000000000000003"]')
+    # 604 spans, but the forward pass is folded: its 600 spans are one row until it is opened
+    await playwright_api.expect(forward).to_have_attribute("aria-expanded", "false")
+    await playwright_api.expect(forward).to_contain_text("+600")
+    assert await rows.count() == 4
+    # the keyboard: one tab stop for the whole list; arrows move, → opens, Enter shows the details
+    assert await page.page.locator("#trace-view .span-row[tabindex='0']").count() == 1
+    await rows.first.focus()
+    for key in ("End", "ArrowRight"):
+        await page.page.keyboard.press(key)
+    await playwright_api.expect(forward).to_have_attribute("aria-expanded", "true")
+    assert await rows.count() == 4 + 300
+    await page.page.keyboard.press("ArrowDown")
+    await page.page.keyboard.press("Enter")
+    details = page.page.locator("#trace-view .span-details")
+    await playwright_api.expect(details.locator("h4")).to_have_text("aten::op_0")
+    # zoomed to the forward pass, the time axis spans its 9 ms, not the request's 2 s
+    await forward.click()
+    await details.get_by_role("button", name="Zoom to this span").click()
+    await playwright_api.expect(page.page.locator("#trace-view .wf-zoom")).to_contain_text("Zoomed to forward")
+    await playwright_api.expect(page.page.locator("#trace-view .wf-scale span").last).to_have_text("1009 ms")
+    await page.shot("trace-framework")
+    await page.page.set_viewport_size({"width": 390, "height": 844})
+    assert await page.page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+    await page.shot("trace-framework-phone")
+
+
+async def test_every_section_fits_a_phone(page: Page, mesh: list[nodeproc.Proc]) -> None:
+    a, _ = mesh
+    await page.page.set_viewport_size({"width": 390, "height": 844})
+    await page.page.goto(a.url + "/#cluster")
+    await playwright_api.expect(page.page.locator("#cluster-members [data-node-id]")).to_have_count(2)
+    for section in ("cluster", "models", "playground", "benchmarks", "evaluations", "trace"):
+        await page.page.goto(f"{a.url}/#{section}")
+        await playwright_api.expect(page.page.locator(f"#section-{section}")).to_be_visible()
+        # every section's tab in sight (they wrap, none hides off the edge), and nothing wider than the screen
+        for link in await page.page.locator("#nav a").all():
+            await playwright_api.expect(link).to_be_in_viewport()
+        assert await page.page.evaluate("document.documentElement.scrollWidth") <= 390, section
+        await page.shot(f"phone-{section}")
+    assert page.errors == []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_the_page_recovers_when_its_node_restarts(page: Page, mesh: list[nodeproc.Proc], tmp_path: Path) -> None:
+    a, _ = mesh
+    (tmp_path / "none").mkdir()
+    port = str(free_port())  # the same address after the restart, as a restarted service has
+    c = nodeproc.wait_ready(nodeproc.launch(tmp_path, "c", tmp_path / "none", "--port", port, "--join", a.gossip))
+    try:
+        await page.page.goto(c.url + "/#cluster")
+        live = page.page.locator("#cluster-live")
+        await playwright_api.expect(live).to_have_text("live")
+        await playwright_api.expect(page.page.locator("#cluster-members [data-node-id]")).to_have_count(3)
+        nodeproc.stop(c)
+        # the last known state stays, greyed and said to be old, while EventSource retries
+        await playwright_api.expect(live).to_have_text("reconnecting…")
+        await playwright_api.expect(page.page.locator("#cluster-members.stale")).to_have_count(1)
+        await playwright_api.expect(page.page.locator("#cluster-summary")).to_contain_text("Lost contact")
+        await page.shot("cluster-reconnecting")
+        c = nodeproc.wait_ready(nodeproc.launch(tmp_path, "c", tmp_path / "none", "--port", port, "--join", a.gossip))
+        await playwright_api.expect(live).to_have_text("live")
+        await playwright_api.expect(page.page.locator("#cluster-members.stale")).to_have_count(0)
+        await playwright_api.expect(
+            page.page.locator(f'#cluster-members [data-node-id="{a.node_id}"]')
+        ).to_have_attribute("data-state", "alive")
+        await playwright_api.expect(page.page.locator("#node-badge")).to_have_text("ready")
+    finally:
+        nodeproc.stop(c)

@@ -12,10 +12,10 @@
 // This file: the header (GET /api/node), the section router (#cluster, #models, ..., #trace/{id}), start-up.
 
 import { $, api, banner, el, fmtBytes } from "./lib.js";
-import { startCluster } from "./cluster.js";
+import { initClusterFilter, onReconnect, startCluster } from "./cluster.js";
 import { initModels } from "./models.js";
 import { initPlayground } from "./playground.js";
-import { initBenchmarks } from "./benchmarks.js";
+import { initBenchmarks, openRun } from "./benchmarks.js";
 import { initEvaluations } from "./evaluations.js";
 import { initTrace, showTrace } from "./trace.js";
 
@@ -33,10 +33,11 @@ function route() {
     else a.removeAttribute("aria-current");
   }
   if (section === "trace" && arg) showTrace(arg);
+  if (section === "benchmarks" && arg) openRun(arg);
   document.title = `${section[0].toUpperCase()}${section.slice(1)} · ${state.nodeName || "carml-mesh"}`;
 }
 
-const state = { nodeName: "", section: "" };
+const state = { nodeName: "", section: "", nodeBanner: false };
 
 function renderNode(info) {
   state.nodeName = info.name || "node";
@@ -72,11 +73,14 @@ async function loadNode() {
   try {
     const info = await api("/api/node");
     renderNode(info);
+    if (state.nodeBanner) banner(null); // the node is back: its earlier failure no longer applies
+    state.nodeBanner = false;
     if (!info.ready) setTimeout(loadNode, 2000);
   } catch (err) {
     $("node-badge").textContent = "unreachable";
     $("node-badge").className = "badge badge-bad";
     banner(`This node's details are unavailable: ${err.message}`);
+    state.nodeBanner = true;
   }
 }
 
@@ -90,6 +94,8 @@ function init() {
   route();
   loadNode();
   startCluster();
+  initClusterFilter();
+  onReconnect(loadNode); // a restarted node may have new workers, models or limits
   initModels();
   initPlayground();
   initBenchmarks();

@@ -104,9 +104,19 @@ function progressView(run) {
     el("progress", { max: 100, value: pct, "aria-label": "benchmark progress", text: `${pct}%` }));
 }
 
+/** #benchmarks/{id}: a run's page, one that can be bookmarked or shared. */
+export function openRun(id) {
+  if (bench.current !== id) watch(id);
+}
+
 async function watch(id) {
   clearTimeout(bench.polling);
+  if (bench.current !== id) $("bench-run").replaceChildren(el("p", { class: "muted", text: "Loading the run…" }));
   bench.current = id;
+  // the address names the run shown (without a hashchange), unless the user has gone to another section meanwhile
+  if (/^#benchmarks\b/.test(location.hash) && location.hash !== `#benchmarks/${id}`) {
+    history.replaceState(null, "", `#benchmarks/${encodeURIComponent(id)}`);
+  }
   const box = $("bench-run");
   try {
     const run = await api(`/api/benchmarks/${encodeURIComponent(id)}`);
@@ -134,7 +144,16 @@ async function watch(id) {
 }
 
 function resultKey(r) {
-  return `${targetLabel(r.target)} · b${r.batch_size} · c${r.concurrency}${r.qps ? ` · ${r.qps} qps` : ""}`;
+  return `${targetLabel(r.target)} · batch ${r.batch_size} · conc. ${r.concurrency}${r.qps ? ` · ${r.qps} qps` : ""}`;
+}
+
+/** Legend names without the parts every series shares (said once, above the charts): "batch 1", "batch 2". */
+export function shortNames(labels) {
+  const split = labels.map((l) => l.split(" · "));
+  if (labels.length < 2) return { common: "", names: labels };
+  const common = split[0].filter((part) => split.every((parts) => parts.includes(part)));
+  const names = split.map((parts) => parts.filter((p) => !common.includes(p)).join(" · ") || "all");
+  return { common: common.join(" · "), names };
 }
 
 function resultsView(run) {
@@ -148,23 +167,27 @@ function resultsView(run) {
       el("td", { text: r.queries }), el("td", { text: fmtNum(r.throughput_ips) }),
       ["p50", "p90", "p99", "max"].map((k) => el("td", { text: fmtMs(r.latency_ms?.[k]) })),
       ["compute", "queue", "network"].map((k) => el("td", { text: fmtMs(r.breakdown_ms?.[k]) }))))));
-  const cdf = lineChart(results.map((r) => ({ name: resultKey(r), points: r.cdf || [] })),
+  const short = shortNames(results.map(resultKey));
+  const cdf = lineChart(results.map((r, i) => ({ name: short.names[i], points: r.cdf || [] })),
     { title: "Latency CDF", xLabel: "latency (ms)", yLabel: "fraction of queries", step: true, yMin: 0 });
-  const pct = barChart(["p50", "p90", "p95", "p99"], results.map((r) => ({ name: resultKey(r), values: ["p50", "p90", "p95", "p99"].map((k) => r.latency_ms?.[k]) })),
-    { title: "Latency percentiles", yLabel: "ms" });
+  const pct = barChart(["p50", "p90", "p95", "p99"], results.map((r, i) => ({ name: short.names[i], values: ["p50", "p90", "p95", "p99"].map((k) => r.latency_ms?.[k]) })),
+    { title: "Latency percentiles", xLabel: "percentile", yLabel: "latency (ms)", unit: "ms" });
   const byTarget = new Map();
   for (const r of results) {
-    const key = `${targetLabel(r.target)} · c${r.concurrency}`;
+    const key = `${targetLabel(r.target)} · conc. ${r.concurrency}`;
     if (!byTarget.has(key)) byTarget.set(key, []);
     byTarget.get(key).push([r.batch_size, r.throughput_ips]);
   }
   const sweep = [...byTarget.values()].some((pts) => pts.length > 1); // a single batch size makes no curve
-  const thr = !sweep ? null : lineChart([...byTarget].map(([name, pts]) => ({ name, points: pts.sort((a, b) => a[0] - b[0]) })),
-    { title: "Throughput vs batch size", xLabel: "batch size", yLabel: "inputs / s", markers: true, yMin: 0 });
+  const curves = shortNames([...byTarget.keys()]).names;
+  const thr = !sweep ? null : lineChart([...byTarget.values()].map((pts, i) => ({ name: curves[i], points: pts.sort((a, b) => a[0] - b[0]) })),
+    { title: "Throughput vs batch size", xLabel: "batch size", yLabel: "throughput (inputs/s)", yUnit: "inputs/s", markers: true, yMin: 0, xLog2: true });
   const exportLinks = el("p", { class: "small" }, "Export raw queries: ",
     el("a", { href: `/api/benchmarks/${encodeURIComponent(run.id)}/export?format=csv`, download: `${run.id}.csv`, text: "CSV" }), " · ",
     el("a", { href: `/api/benchmarks/${encodeURIComponent(run.id)}/export?format=json`, text: "JSON" }));
-  return [el("div", { class: "table-scroll" }, table), el("div", { class: "charts" }, cdf, pct, thr), exportLinks];
+  return [el("div", { class: "table-scroll" }, table),
+    short.common ? el("p", { class: "small muted charts-common" }, "Every series: ", el("b", { text: short.common })) : null,
+    el("div", { class: "charts" }, cdf, pct, thr), exportLinks];
 }
 
 // ---------------------------------------------------------------- past runs and comparison
@@ -199,10 +222,13 @@ async function compare() {
     const doc = await api(`/api/benchmarks/compare?ids=${ids.map(encodeURIComponent).join(",")}`);
     const rows = doc.rows || [];
     const names = new Map((doc.runs || []).map((r) => [r.id, r.name || r.id]));
-    const label = (row) => `${row.run_name || names.get(row.run_id) || row.run_id} · ${targetLabel(row.target || {})} · b${row.batch_size} · c${row.concurrency}`;
-    box.replaceChildren(el("div", { class: "charts" },
-      barChart(["inputs/s"], rows.map((r) => ({ name: label(r), values: [r.throughput_ips] })), { title: "Throughput across runs", yLabel: "inputs / s" }),
-      barChart(["p50", "p99"], rows.map((r) => ({ name: label(r), values: [r.p50_ms, r.p99_ms] })), { title: "Latency across runs", yLabel: "ms" })));
+    const label = (row) => `${row.run_name || names.get(row.run_id) || row.run_id} · ${targetLabel(row.target || {})} · batch ${row.batch_size} · conc. ${row.concurrency}`;
+    const short = shortNames(rows.map(label));
+    box.replaceChildren(
+      short.common ? el("p", { class: "small muted charts-common" }, "Every series: ", el("b", { text: short.common })) : "",
+      el("div", { class: "charts" },
+        barChart(["inputs/s"], rows.map((r, i) => ({ name: short.names[i], values: [r.throughput_ips] })), { title: "Throughput across runs", yLabel: "throughput (inputs/s)", unit: "inputs/s" }),
+        barChart(["p50", "p99"], rows.map((r, i) => ({ name: short.names[i], values: [r.p50_ms, r.p99_ms] })), { title: "Latency across runs", xLabel: "percentile", yLabel: "latency (ms)", unit: "ms" })));
   } catch (err) {
     box.replaceChildren(el("div", { class: "error-box", role: "alert", text: err.message }));
   }

@@ -2,9 +2,10 @@
 // model's manifest, attributes, deployments and feedback (ratings and comments), and the deploy form.
 
 import { $, api, authHeaders, el, fmtTime, getToken, postJson, safeHref, setToken, shortHash, showError } from "./lib.js";
-import { members, onCluster, restartCluster } from "./cluster.js";
+import { members, onCluster, onReconnect, restartCluster } from "./cluster.js";
 
-export const models = { local: [], selected: null, listeners: new Set() };
+export const models = { local: [], selected: null, listeners: new Set(), filter: "", shownKey: "", token: 0 };
+const FILTER_FROM = 9; // models before the catalogue offers a filter
 
 /** fn(localModels) whenever this node's models are (re)loaded. */
 export function onModels(fn) {
@@ -40,7 +41,22 @@ function catalogue() {
 }
 
 function renderCatalogue() {
-  const rows = catalogue();
+  const all = catalogue();
+  const words = models.filter.toLowerCase().split(/\s+/).filter(Boolean);
+  const rows = words.length ? all.filter((r) => words.every((w) => `${r.key} ${r.local?.task || ""}`.toLowerCase().includes(w))) : all;
+  $("model-filter-row").hidden = all.length < FILTER_FROM && !models.filter;
+  // the cluster sends a new document on every change of load: rebuild the list (and lose the keyboard focus in
+  // it) only when what it shows changed
+  const shownKey = JSON.stringify([rows.map((r) => [r.key, r.local?.task, r.nodes.length]), models.selected]);
+  if (shownKey !== models.shownKey) {
+    models.shownKey = shownKey;
+    paintCatalogue(rows, all.length);
+  }
+  if (models.selected) renderWhere();
+  else if (rows.length) selectModel(rows[0].key);
+}
+
+function paintCatalogue(rows, total) {
   const list = $("model-list");
   list.replaceChildren(...(rows.length ? rows.map((row) => {
     const m = row.local;
@@ -50,8 +66,20 @@ function renderCatalogue() {
         "data-model": row.name, onclick: () => selectModel(row.key) },
         el("span", { class: "model-item-name" }, row.name, " ", el("span", { class: "version", text: row.version })),
         el("span", { class: "small muted", text: [m?.task, `${row.nodes.length} node(s)`].filter(Boolean).join(" · ") })));
-  }) : [el("li", { class: "muted", text: "No models in the mesh yet." })]));
-  if (!models.selected && rows.length) selectModel(rows[0].key);
+  }) : [el("li", { class: "muted", text: total ? `No model matches “${models.filter}”.` : "No models in the mesh yet." })]));
+}
+
+/** "Deployed on": follows the cluster (a peer's card may arrive after the details were drawn). */
+function renderWhere() {
+  const box = $("model-where");
+  if (!box || box.dataset.key !== models.selected) return;
+  const row = catalogue().find((r) => r.key === models.selected);
+  box.replaceChildren("Deployed on: ", (row?.nodes || []).length
+    ? row.nodes.map((n, i) => {
+      const href = n.http && !n.self ? safeHref(`${n.http}/#models`) : null; // a peer's card is data: http(s) only
+      return [i ? ", " : "", href ? el("a", { href, text: n.name }) : el("b", { text: n.name })];
+    })
+    : el("span", { class: "muted", text: "no alive member lists it" }));
 }
 
 export async function loadModels() {
@@ -66,22 +94,26 @@ export async function loadModels() {
 }
 
 async function selectModel(key) {
+  const token = ++models.token; // a slower answer for a model clicked earlier must not land in this one's details
   models.selected = key;
   renderCatalogue();
   const [name, version] = key.split("@");
   const box = $("model-detail");
   const row = catalogue().find((r) => r.key === key);
-  box.replaceChildren(el("h3", {}, name, " ", el("span", { class: "version", text: version })));
-  const where = el("p", { class: "small" }, "Deployed on: ", (row?.nodes || []).length
-    ? row.nodes.map((n, i) => [i ? ", " : "", n.http && !n.self ? el("a", { href: `${n.http}/#models`, text: n.name }) : el("b", { text: n.name })])
-    : el("span", { class: "muted", text: "no alive member lists it" }));
-  box.append(where);
+  box.replaceChildren(el("h3", {}, name, " ", el("span", { class: "version", text: version })),
+    el("p", { class: "small", id: "model-where", "data-key": key }));
+  renderWhere();
   if (row?.local) {
+    const loading = el("p", { class: "muted", text: "Loading the manifest…" });
+    box.append(loading);
+    let part;
     try {
-      box.append(modelDetails(await api(`/api/models/${encodeURIComponent(name)}?version=${encodeURIComponent(version)}`)));
+      part = modelDetails(await api(`/api/models/${encodeURIComponent(name)}?version=${encodeURIComponent(version)}`));
     } catch (err) {
-      box.append(el("div", { class: "error-box", role: "alert", text: err.message }));
+      part = el("div", { class: "error-box", role: "alert", text: err.message });
     }
+    if (token !== models.token) return;
+    loading.replaceWith(part);
   } else {
     box.append(el("p", { class: "muted", text: "This node does not serve this model; open it on a node that does for its manifest." }));
   }
@@ -130,8 +162,8 @@ function feedbackSection(name) {
   const form = el("form", { class: "feedback-form", novalidate: true },
     el("fieldset", { class: "stars" },
       el("legend", { text: "Your rating" }),
-      // highest first in the markup, shown reversed: a hovered or checked star lights up those before it
-      el("div", { class: "star-row" }, [5, 4, 3, 2, 1].map((n) => [
+      // 1 to 5 in the markup as on screen, so the arrow keys go the way they point; CSS lights the stars before
+      el("div", { class: "star-row" }, [1, 2, 3, 4, 5].map((n) => [
         el("input", { type: "radio", name: ratingName, id: `${ratingName}-${n}`, value: String(n), required: true }),
         el("label", { for: `${ratingName}-${n}`, title: `${n} star${n > 1 ? "s" : ""}` }, "★", el("span", { class: "visually-hidden", text: `${n} stars` })),
       ]))),
@@ -170,6 +202,10 @@ function feedbackSection(name) {
       return;
     }
     const doc = { rating, comment: form.elements.comment.value, author: form.elements.author.value };
+    const button = form.querySelector("button[type=submit]");
+    if (button.disabled) return; // a double click sends the feedback once
+    button.disabled = true;
+    button.textContent = "Sending…";
     try {
       await postJson(`/api/models/${encodeURIComponent(name)}/feedback`, doc);
       showError(error, null);
@@ -177,6 +213,9 @@ function feedbackSection(name) {
       await refresh();
     } catch (err) {
       showError(error, err.message);
+    } finally {
+      button.disabled = false;
+      button.textContent = "Send feedback";
     }
   });
   refresh();
@@ -225,6 +264,11 @@ function wireDeploy() {
 
 export function initModels() {
   wireDeploy();
+  $("model-filter").addEventListener("input", (e) => {
+    models.filter = e.target.value.trim();
+    renderCatalogue();
+  });
   onCluster(() => renderCatalogue());
+  onReconnect(loadModels);
   loadModels();
 }
