@@ -76,6 +76,7 @@ async function onSubmit(event) {
   }
   showError($("bench-error"), null);
   $("bench-submit").disabled = true;
+  $("bench-submit").textContent = "Starting…";
   try {
     const started = await postJson("/api/benchmarks", doc);
     watch(started.id);
@@ -83,6 +84,7 @@ async function onSubmit(event) {
     showError($("bench-error"), err.message);
   } finally {
     $("bench-submit").disabled = false;
+    $("bench-submit").textContent = "Start benchmark";
   }
 }
 
@@ -186,7 +188,7 @@ function resultsView(run) {
     el("a", { href: `/api/benchmarks/${encodeURIComponent(run.id)}/export?format=csv`, download: `${run.id}.csv`, text: "CSV" }), " · ",
     el("a", { href: `/api/benchmarks/${encodeURIComponent(run.id)}/export?format=json`, text: "JSON" }));
   return [el("div", { class: "table-scroll" }, table),
-    short.common ? el("p", { class: "small muted charts-common" }, "Every series: ", el("b", { text: short.common })) : null,
+    short.common ? el("p", { class: "small muted charts-common" }, "Every series: ", el("b", { text: short.common })) : "",
     el("div", { class: "charts" }, cdf, pct, thr), exportLinks];
 }
 

@@ -136,6 +136,8 @@ function render(doc) {
 function markLost(text) {
   cluster.lost = true;
   setLive(text, false);
+  $("node-badge").textContent = "unreachable"; // the header's node badge too; set again when the node answers
+  $("node-badge").className = "badge badge-bad";
   if (cluster.doc) {
     $("cluster-members").classList.add("stale");
     $("cluster-summary").textContent = `Lost contact with this node at ${new Date().toLocaleTimeString()}; showing the last known state.`;

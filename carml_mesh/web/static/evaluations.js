@@ -77,12 +77,18 @@ export function initEvaluations() {
       showError($("eval-error"), "This node serves no model to evaluate.");
       return;
     }
+    const button = $("eval-form").querySelector("button[type=submit]");
+    button.disabled = true; // one evaluation per click, however impatient the clicking
+    button.textContent = "Starting…";
     try {
       const started = await postJson("/api/evaluations", { ...JSON.parse(raw), dataset: "digits" });
       showError($("eval-error"), null);
       watch(started.id);
     } catch (err) {
       showError($("eval-error"), err.message);
+    } finally {
+      button.disabled = false;
+      button.textContent = "Evaluate";
     }
   });
   onModels(renderModelChoices);

@@ -4,7 +4,7 @@
 import { $, api, authHeaders, el, fmtTime, getToken, postJson, safeHref, setToken, shortHash, showError } from "./lib.js";
 import { members, onCluster, onReconnect, restartCluster } from "./cluster.js";
 
-export const models = { local: [], selected: null, listeners: new Set(), filter: "", shownKey: "", token: 0 };
+export const models = { local: [], selected: null, listeners: new Set(), filter: "", shownKey: "", token: 0, drawnLocal: false };
 const FILTER_FROM = 9; // models before the catalogue offers a filter
 
 /** fn(localModels) whenever this node's models are (re)loaded. */
@@ -52,8 +52,14 @@ function renderCatalogue() {
     models.shownKey = shownKey;
     paintCatalogue(rows, all.length);
   }
-  if (models.selected) renderWhere();
-  else if (rows.length) selectModel(rows[0].key);
+  if (!models.selected) {
+    if (rows.length) selectModel(rows[0].key);
+    return;
+  }
+  const selected = all.find((r) => r.key === models.selected);
+  // drawn from a peer's card before this node's models arrived: draw it again, with the manifest
+  if (selected && Boolean(selected.local) !== models.drawnLocal) selectModel(models.selected);
+  else renderWhere();
 }
 
 function paintCatalogue(rows, total) {
@@ -74,12 +80,12 @@ function renderWhere() {
   const box = $("model-where");
   if (!box || box.dataset.key !== models.selected) return;
   const row = catalogue().find((r) => r.key === models.selected);
-  box.replaceChildren("Deployed on: ", (row?.nodes || []).length
+  box.replaceChildren(el("span", {}, "Deployed on: ", (row?.nodes || []).length
     ? row.nodes.map((n, i) => {
       const href = n.http && !n.self ? safeHref(`${n.http}/#models`) : null; // a peer's card is data: http(s) only
       return [i ? ", " : "", href ? el("a", { href, text: n.name }) : el("b", { text: n.name })];
     })
-    : el("span", { class: "muted", text: "no alive member lists it" }));
+    : el("span", { class: "muted", text: "no alive member lists it" })));
 }
 
 export async function loadModels() {
@@ -95,11 +101,12 @@ export async function loadModels() {
 
 async function selectModel(key) {
   const token = ++models.token; // a slower answer for a model clicked earlier must not land in this one's details
+  const row = catalogue().find((r) => r.key === key);
   models.selected = key;
+  models.drawnLocal = Boolean(row?.local); // (before renderCatalogue, which compares it)
   renderCatalogue();
   const [name, version] = key.split("@");
   const box = $("model-detail");
-  const row = catalogue().find((r) => r.key === key);
   box.replaceChildren(el("h3", {}, name, " ", el("span", { class: "version", text: version })),
     el("p", { class: "small", id: "model-where", "data-key": key }));
   renderWhere();
@@ -137,13 +144,13 @@ function modelDetails(m) {
       el("caption", { text: "Attributes (accuracy and more, from the manifest)" }),
       el("tbody", {}, attrs.map(([k, v]) => el("tr", {}, el("th", { scope: "row", text: k.replaceAll("_", " ") }),
         el("td", { text: typeof v === "object" ? JSON.stringify(v) : v }))))) : null,
-    el("table", { class: "small-table" },
+    el("div", { class: "table-scroll" }, el("table", { class: "small-table" },
       el("caption", { text: "Frameworks" }),
       el("thead", {}, el("tr", {}, ["framework", "constraint", "sha256", "state"].map((h) => el("th", { scope: "col", text: h })))),
       el("tbody", {}, m.frameworks.map((f) => el("tr", {},
         el("td", { text: f.name }), el("td", { text: f.constraint }),
         el("td", {}, el("code", { title: f.sha256 || "", text: shortHash(f.sha256) })),
-        el("td", { text: !f.available ? `unavailable: ${f.problem || "?"}` : f.loaded?.length ? `warm on ${f.loaded.join(", ")}` : "available" }))))),
+        el("td", { text: !f.available ? `unavailable: ${f.problem || "?"}` : f.loaded?.length ? `warm on ${f.loaded.join(", ")}` : "available" })))))),
     (m.references || []).length ? el("p", { class: "small refs" }, "References: ", m.references.map((r) => {
       const href = safeHref(r);
       return href ? el("a", { href, rel: "noopener noreferrer", target: "_blank", text: new URL(href).hostname }) : el("span", { text: r });

@@ -118,10 +118,11 @@ function waterfall(spans) {
     const shown = visibleRows();
     summary.textContent = `${spans.length} spans · ${nodes.length} node(s) · ${fmtMs((traceEnd - traceStart) / 1000)}`
       + (shown.length < rows.length ? ` · ${shown.length} shown, open a row (▸) for the rest` : "");
-    crumbs.replaceChildren(...(root ? [el("span", { text: `Zoomed to ${root.span.name} (${spanMs(root.span)}): times from the trace's start.` }), " ",
+    const offset = root ? fmtMs((start - traceStart) / 1000) : "";
+    crumbs.replaceChildren(...(root ? [el("span", { text: `Zoomed to ${root.span.name} (${spanMs(root.span)}, from ${offset} into the trace): times from its start.` }), " ",
       el("button", { type: "button", class: "button-link", text: "Show the whole trace", onclick: () => view.zoom(null) })] : []));
     scale.replaceChildren(...[0, 0.25, 0.5, 0.75, 1].map((f) =>
-      el("span", { style: `left:${f * 100}%`, text: fmtMs((start - traceStart + total * f) / 1000) })));
+      el("span", { style: `left:${f * 100}%`, text: `${root ? "+" : ""}${fmtMs((total * f) / 1000)}` })));
     const current = focusId || view.selected || shown[0]?.span.id;
     list.replaceChildren(...shown.map((row) => {
       const s = row.span;
@@ -230,7 +231,8 @@ export async function showTrace(id) {
           await new Promise((r) => setTimeout(r, 300));
           continue;
         }
-        box.replaceChildren(el("div", { class: "error-box", role: "alert", text: err.message }));
+        box.replaceChildren(el("div", { class: "error-box", role: "alert", text: err.message }),
+          err.status === 404 ? el("p", { class: "muted small", text: "Traces are kept in the memory of the nodes that served the request, for about an hour, and are lost when a node restarts." }) : "");
         return;
       }
     }
