@@ -114,3 +114,29 @@ async def test_the_batch_is_stored_after_the_delay_or_once_it_is_long(level_mode
     await tracing.aclose()
     with tracing.span("after close") as span:
         assert span is None
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-B3-TraceId": "0af7651916cd43dd8448eb211c80319c", "X-B3-SpanId": "b7ad6b7169203331", "X-B3-Sampled": "1"},
+        {"B3": "0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-1"},
+        {"TraceParent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+    ],
+)
+def test_an_aiohttp_requests_headers_are_read_case_blind(headers) -> None:
+    from multidict import CIMultiDict, CIMultiDictProxy
+    from opentelemetry import trace
+
+    ctx = trace.get_current_span(
+        extract(CIMultiDictProxy(CIMultiDict({"Accept": "*/*", **headers})))
+    ).get_span_context()
+    assert (format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")) == (
+        "0af7651916cd43dd8448eb211c80319c",
+        "b7ad6b7169203331",
+    )
+    assert (
+        not trace.get_current_span(extract(CIMultiDictProxy(CIMultiDict({"Accept": "*/*"}))))
+        .get_span_context()
+        .is_valid
+    )
