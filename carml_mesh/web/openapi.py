@@ -618,6 +618,11 @@ def openapi_document() -> dict[str, Any]:
                         "device": {"type": "string"},
                         "node": {"type": "string", "description": "run on this member (id or name) or fail"},
                         "top_k": {"type": "integer", "minimum": 1, "default": 5},
+                        "trace": {
+                            "type": "string",
+                            "enum": ["none", "application", "model", "framework"],
+                            "description": "this request's trace level (else X-Carml-Trace-Level, else the node's)",
+                        },
                         "inputs": {
                             "type": "array",
                             "minItems": 1,
