@@ -3,20 +3,30 @@
 `BatchingExecutor` wraps the node's real executor (local processes or Docker containers) and delegates everything
 to it but ``infer``. Requests queue per `ModelSpec.key`; a dispatcher per key forms batches of at most
 ``max_batch_size`` *inputs* (images or tensor rows, not requests: a request is never split, and one larger than the
-limit runs alone) and keeps at most ``pool`` batches in flight for the key, the number of requests the worker
-handles at once, so the next batch forms while the worker computes. That is where the throughput comes from.
+limit runs alone) and keeps at most ``pool + 1`` batches in flight for the key (``pool``: the requests the worker
+handles at once), so the next batch forms while the worker computes. That is where the throughput comes from.
 
 The dispatch policy keeps single-stream latency where it was:
 
 - nothing in flight for the key and nothing queued: the request goes to the worker at once, from the caller's own
   task, without a queue or a task hop (the unbatched path plus a few dictionary reads);
-- otherwise it queues, and the oldest queued request is dispatched, with what can join it, as soon as
+- otherwise it queues, and the oldest queued request is dispatched, with what can join it, as soon as a worker
+  slot is free and
   * nothing is in flight for the key any more (the worker is idle: waiting would only add latency), or
+  * it is alone in the queue (no batch is forming: with two clients, waiting for a third that never comes cost
+    a fifth of the throughput), or
   * the batch is full (``max_batch_size`` inputs, or the next compatible request would not fit), or
-  * the oldest request has waited ``max_queue_delay_ms`` (Triton's rule),
-  and never while ``pool`` batches are in flight (they run; the queue grows into the next batch meanwhile).
+  * the oldest request has waited ``max_queue_delay_ms`` (Triton's rule);
+  never while ``pool + 1`` batches are in flight (``pool`` run, one waits at the worker to start the moment a
+  slot frees; the queue grows into the next batch meanwhile).
+- a batch takes a fair share of what is ready, ``ceil(inputs / pool)``, and the rest follows on the next free slot
+  at once: a worker slot is often one core (onnxruntime with one intra-op thread per slot), and one slot running
+  the whole queue while the other idles would lose the parallelism that unbatched requests had.
 
-So a batch only waits while the worker is busy anyway, unlike Triton, which waits up to the delay even when idle.
+So a batch only waits while the worker is busy and a queue is forming, unlike Triton, which waits up to the delay
+even when idle. On a CPU where a bigger batch is not cheaper per input (efficientnet-lite0 on onnxruntime here),
+``--max-queue-delay-ms 0`` (a batch leaves whenever a slot is free: batches form only from what queued while all
+slots were busy) measured as good or better; see scripts/bench/batching.py.
 
 Only requests of the same shape merge: images with images, tensors with tensors of the same names, dtypes and
 non-batch dimensions, and the same other options (``top_k``, ``outputs``, anything else in the message). Images
@@ -240,6 +250,10 @@ class BatchingExecutor(Executor):
     ) -> None:
         self.inner = inner
         self.pool = max(1, pool)
+        # one batch more than the worker runs at once waits at the worker, so a slot that frees starts the next
+        # batch at once instead of idling while the node hears of it and sends the next frame (at 4 clients that
+        # bubble cost efficientnet-lite0 an eighth of its throughput)
+        self.depth = self.pool + 1
         self.max_queue_delay_ms = max_queue_delay_ms
         self.enabled = enabled
         self._queues: dict[str, _Queue] = {}
@@ -394,13 +408,19 @@ class BatchingExecutor(Executor):
         while True:
             q.wake.clear()
             wait: float | None = None
-            while q.pending and q.in_flight < self.pool:
-                chosen, full = self._gather(q)
+            spilled = False
+            while q.pending and q.in_flight < self.depth:
+                chosen, full = self._gather(q, q.config.max_batch_size)
                 head = q.pending[0]
                 left = head.enqueued + delay_s - time.perf_counter()
-                if q.in_flight > 0 and not full and left > 0:
+                if q.in_flight > 0 and len(q.pending) > 1 and not full and not spilled and left > 0:
                     wait = left
                     break
+                inputs = sum(e.size for e in chosen)
+                share = -(-inputs // self.pool)  # a fair share per worker slot, so no slot idles while one toils
+                if share < inputs:
+                    chosen, _ = self._gather(q, share)
+                    spilled = True  # the rest is as ready as this batch: it leaves when a slot is free
                 for entry in chosen:
                     entry.dispatched = True
                 q.pending = deque(e for e in q.pending if not e.dispatched)
@@ -418,9 +438,9 @@ class BatchingExecutor(Executor):
                     async with asyncio.timeout(wait):
                         await q.wake.wait()
 
-    def _gather(self, q: _Queue) -> tuple[list[_Entry], bool]:
-        """The oldest request and the compatible ones after it that fit; and whether that batch is full."""
-        limit = q.config.max_batch_size
+    def _gather(self, q: _Queue, limit: int) -> tuple[list[_Entry], bool]:
+        """The oldest request and the compatible ones after it that fit in ``limit`` inputs; and whether that batch
+        is full."""
         head = q.pending[0]
         chosen, inputs, full = [head], head.size, head.size >= limit
         for entry in list(q.pending)[1:]:

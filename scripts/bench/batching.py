@@ -1,12 +1,17 @@
 """Dynamic batching on vs off, side by side, through a real node process.
 
-    .venv/bin/python scripts/bench/batching.py [--duration S] [--concurrency 1,4,8,16] [--worker-threads N]
+    .venv/bin/python scripts/bench/batching.py [--duration S] [--concurrency 1,2,4,8,16] [--worker-threads N]
 
 efficientnet-lite0 (onnxruntime, cpu): closed-loop clients, each one keep-alive connection sending one preprocessed
 224x224 float32 tensor per request (msgpack, raw bytes, top-5 back), for ``--duration`` seconds per concurrency:
-images/s, p50 and p99, with ``--batching off`` and ``--batching auto`` (the manifest's 16 inputs / 2 ms).
+images/s, p50, p99 and the mean batch formed.
 digits-cnn: one client, one 8x8 tensor per request: p50/p99 with batching off and on, to show that a lone request
-does not pay for batching (it is dispatched at once when nothing is in flight for its model).
+does not pay for batching (it is dispatched at once when nothing is in flight for its model); and the same request
+through an in-process LocalExecutor with and without the BatchingExecutor around it, alternating, which isolates
+the batcher's own cost from HTTP and from this machine's noise.
+
+Three nodes run at once and take turns at each point: batching off, on (the manifests' delays), and on with
+--max-queue-delay-ms 0 (a batch leaves as soon as a worker slot is free: work-conserving).
 
 The clients run in this process (threads; the GIL is released while they wait on their sockets), on the same
 cores as the node, as they would on a 2-core box; both configurations pay that equally.
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -78,10 +84,24 @@ def closed_loop(url: str, body: bytes, concurrency: int, duration: float, warmup
 
 
 def batching_stats(url: str, model: str) -> dict[str, Any]:
+    """The node's batcher counters for ``model``, and the CPU seconds its process and its workers have used."""
     with urllib.request.urlopen(f"{url}/api/node") as resp:
         info = json.load(resp)
     found = [v for k, v in (info.get("batching") or {}).items() if k.startswith(f"{model}@")]
-    return found[0] if found else {}
+    stats = dict(found[0]) if found else {}
+    stats["node_cpu"] = cpu_seconds(info["pid"])
+    stats["worker_cpu"] = sum(cpu_seconds(w["pid"]) for w in info.get("workers", []) if w.get("pid"))
+    return stats
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), so a point can say where each image's CPU went: a figure
+    that other load on the machine does not move much, unlike images/s."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def executor_overhead(iterations: int, rounds: int) -> dict[str, np.ndarray]:
@@ -134,6 +154,7 @@ def main() -> None:
     parser.add_argument("--worker-threads", type=int, default=1, help="onnxruntime intra-op threads per worker")
     parser.add_argument("--digits-iterations", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=5, help="digits-cnn: alternate between the nodes this often")
+    parser.add_argument("--repeat", type=int, default=3, help="efficientnet: runs per point (the median is shown)")
     args = parser.parse_args()
     concurrency = [int(c) for c in args.concurrency.split(",")]
     rng = np.random.default_rng(0)
@@ -162,19 +183,31 @@ def main() -> None:
         for client in clients.values():
             client.close()
         for c in concurrency:
-            for label, url in urls.items():
-                before = batching_stats(url, "efficientnet-lite0")
-                point = closed_loop(url, effnet, c, args.duration)
-                after = batching_stats(url, "efficientnet-lite0")
-                calls = after.get("calls", 0) - before.get("calls", 0)
-                point["mean_batch"] = (after.get("inputs", 0) - before.get("inputs", 0)) / calls if calls else 1.0
-                effnet_rows[c][label] = point
-                print(
-                    f"  {label:<12} c={c:<3} {point['ips']:7.1f} img/s  p50 {point['p50']:7.1f}  "
-                    f"p99 {point['p99']:7.1f}  mean batch {point['mean_batch']:.1f}",
-                    flush=True,
-                )
-    print("\nefficientnet-lite0, onnxruntime/cpu, 1 image (602 KB tensor) per request, closed loop")
+            runs: dict[str, list[dict[str, float]]] = {label: [] for label in urls}
+            for _ in range(args.repeat):
+                for label, url in urls.items():
+                    before = batching_stats(url, "efficientnet-lite0")
+                    point = closed_loop(url, effnet, c, args.duration)
+                    after = batching_stats(url, "efficientnet-lite0")
+                    calls = after.get("calls", 0) - before.get("calls", 0)
+                    point["mean_batch"] = (after.get("inputs", 0) - before.get("inputs", 0)) / calls if calls else 1.0
+                    images = point["requests"] or 1  # measured requests; the CPU also covers the warm-up second
+                    served = images * (1 + 1 / args.duration)
+                    point["node_ms"] = (after["node_cpu"] - before["node_cpu"]) * 1e3 / served
+                    point["worker_ms"] = (after["worker_cpu"] - before["worker_cpu"]) * 1e3 / served
+                    runs[label].append(point)
+                    print(
+                        f"  {label:<12} c={c:<3} {point['ips']:7.1f} img/s  p50 {point['p50']:7.1f}  "
+                        f"p99 {point['p99']:7.1f}  mean batch {point['mean_batch']:.1f}  CPU per image: node "
+                        f"{point['node_ms']:.2f} ms, worker {point['worker_ms']:.2f} ms",
+                        flush=True,
+                    )
+            for label, points in runs.items():  # the median of the repeats, figure by figure
+                effnet_rows[c][label] = {k: float(np.median([p[k] for p in points])) for k in points[0]}
+    print(
+        f"\nefficientnet-lite0, onnxruntime/cpu, 1 image (602 KB tensor) per request, closed loop, "
+        f"median of {args.repeat} runs"
+    )
     print(
         f"{'clients':>8}" + "".join(f" | {label + ' img/s':>17}{'p50':>7}{'p99':>7}{'batch':>6}" for label in CONFIGS)
     )
@@ -184,6 +217,11 @@ def main() -> None:
             f"{c:>8}"
             + "".join(f" | {p['ips']:>17.1f}{p['p50']:>7.1f}{p['p99']:>7.1f}{p['mean_batch']:>6.1f}" for p in cells)
         )
+    print("\nCPU per image (core-ms; the warm-up second counted at the same rate): node process | its workers")
+    print(f"{'clients':>8}" + "".join(f" | {label:>12}{'':>8}" for label in CONFIGS))
+    for c in concurrency:
+        cells = [effnet_rows[c][label] for label in CONFIGS]
+        print(f"{c:>8}" + "".join(f" | {p['node_ms']:>9.2f}{p['worker_ms']:>11.2f}" for p in cells))
     print("\ndigits-cnn, one client, one input per request (ms)")
     print(f"{'batching':>12}{'p50':>9}{'p99':>9}{'vs off p50':>12}")
     base = pct(np.concatenate(digits_ms["off"]), 50)
