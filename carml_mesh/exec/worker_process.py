@@ -87,6 +87,14 @@ def _has_large(message: dict[str, Any]) -> bool:
     return isinstance(images, list) and any(isinstance(i, bytes) and len(i) >= LARGE_FRAME for i in images)
 
 
+def _close_accepted(connected: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]) -> None:
+    """The worker's connection when start gave up after accepting it (else the socket leaks until GC)."""
+    if connected.done() and not connected.cancelled():
+        connected.result()[1].close()
+    else:
+        connected.cancel()  # a connection that arrives later is closed by on_connect
+
+
 def raise_send_buffer(writer: asyncio.StreamWriter) -> None:
     sock = writer.get_extra_info("socket")
     if sock is not None:
@@ -185,11 +193,13 @@ class WorkerProcess:
                 header = await reader.readexactly(protocol.HEADER.size)
                 self.hello = protocol.unpack(await reader.readexactly(protocol.frame_length(header)))
         except TimeoutError:
+            _close_accepted(connected)
             await self.aclose()
             raise WorkerUnavailable(
                 f"{self.framework} worker did not start within {self._start_timeout:.0f} s"
             ) from None
-        except BaseException:
+        except BaseException:  # cancelled or failed mid-start: nothing of it may outlive this call
+            _close_accepted(connected)
             if exited is not None:
                 exited.cancel()
             await self.aclose()
