@@ -91,6 +91,12 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         default=int(_env("WORKER_THREADS", "0") or 0),
         help="framework threads per worker (0: all cores)",
     )
+    p.add_argument(
+        "--worker-pool",
+        type=int,
+        default=int(_env("WORKER_POOL", "2") or 2),
+        help="requests (or batches) a worker runs at once, each on its own thread [CARML_WORKER_POOL]",
+    )
     p.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body accepted")
     p.add_argument("--request-timeout", type=float, default=30.0, help="seconds before a request fails with 503")
     api = p.add_argument_group("publishing and the API token")
@@ -236,6 +242,8 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
             token = Path(args.api_token_file).read_text().strip()
         except OSError as exc:
             raise ConfigError(f"cannot read the API token file {args.api_token_file}: {exc.strerror}") from exc
+    if not 1 <= args.worker_pool <= 64:
+        raise ConfigError(f"--worker-pool must be between 1 and 64, got {args.worker_pool}")
     if args.max_queue_delay_ms is not None and not args.max_queue_delay_ms >= 0:
         raise ConfigError(f"--max-queue-delay-ms must be 0 or more, got {args.max_queue_delay_ms}")
     if args.max_artifact_mb <= 0:
@@ -251,6 +259,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         zipkin_url=args.zipkin or None,
         trace_level=args.trace_level,
         worker_threads=args.worker_threads,
+        worker_pool=args.worker_pool,
         max_body_bytes=int(args.max_body_mb * (1 << 20)),
         request_timeout=args.request_timeout,
         executor=args.executor,

@@ -216,3 +216,31 @@ def test_deploy_says_what_is_wrong_before_sending_anything(tmp_path, capsys) -> 
     manifest.write_text("name: [")
     assert main(["deploy", str(manifest), *url]) == 2
     assert "invalid YAML" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--worker-pool", "0"], "--worker-pool must be between 1 and 64, got 0"),
+        (["--max-queue-delay-ms", "-1"], "--max-queue-delay-ms must be 0 or more"),
+        (["--batching", "maybe"], "invalid choice: 'maybe'"),
+    ],
+)
+def test_bad_executor_flags_are_refused_with_their_name(flags: list[str], says: str, tmp_path) -> None:
+    from carml_mesh.errors import ConfigError
+    from carml_mesh.node.cli import build_parser, config_from_args
+
+    if "--batching" in flags:  # argparse's own refusal: exit 2 with the flag named
+        with pytest.raises(SystemExit) as exc:
+            build_parser().parse_args(["serve", *flags])
+        assert exc.value.code == 2
+        return
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        config_from_args(build_parser().parse_args(["serve", "--data-dir", str(tmp_path), *flags]))
+
+
+def test_worker_pool_reaches_the_config(tmp_path) -> None:
+    from carml_mesh.node.cli import build_parser, config_from_args
+
+    config = config_from_args(build_parser().parse_args(["serve", "--data-dir", str(tmp_path), "--worker-pool", "3"]))
+    assert config.worker_pool == 3
