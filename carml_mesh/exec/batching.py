@@ -56,7 +56,7 @@ from typing import Any
 
 from ..errors import BadRequest, PayloadTooLarge, WorkerUnavailable
 from .base import Executor, ModelSpec
-from .worker.protocol import ProtocolError, decode_tensor
+from .worker.protocol import VIEW_MIN, Chunks, ProtocolError, decode_tensor
 
 log = logging.getLogger("carml.exec")
 
@@ -165,11 +165,14 @@ def merge(messages: list[dict[str, Any]]) -> dict[str, Any]:
     for name, first in head["tensors"].items():
         parts = [m["tensors"][name] for m in messages]
         rows = sum(p["shape"][0] for p in parts)
-        # C-order rows of one dtype and one row shape: concatenating along axis 0 is concatenating the bytes
+        data = [p["data"] for p in parts]
+        size = sum(len(memoryview(d).cast("B")) for d in data)
+        # C-order rows of one dtype and one row shape: concatenating along axis 0 is concatenating the bytes, which
+        # the worker connection writes one after the other (Chunks) rather than joined into a new buffer
         tensors[name] = {
             "dtype": first["dtype"],
             "shape": [rows, *first["shape"][1:]],
-            "data": b"".join(p["data"] for p in parts),
+            "data": Chunks(data) if size >= VIEW_MIN else b"".join(data),
         }
     merged["tensors"] = tensors
     return merged

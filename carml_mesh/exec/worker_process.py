@@ -43,7 +43,7 @@ def write_frame(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
     if not _has_large(message):
         writer.write(protocol.pack(message))  # small frames are latency-bound: one pack, one write
         return
-    parts: list[bytes] = []
+    parts: list[bytes | memoryview] = []
     small = bytearray()
     packer = msgpack.Packer(use_bin_type=True)
 
@@ -57,23 +57,30 @@ def write_frame(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
             small.extend(packer.pack_array_header(len(obj)))
             for value in obj:
                 emit(value)
-        elif isinstance(obj, bytes) and len(obj) >= LARGE_FRAME:
-            small.extend(_BIN32.pack(0xC6, len(obj)))  # bin 32, as msgpack writes any bin of 64 KiB or more
+        elif isinstance(obj, bytes | memoryview | protocol.Chunks) and _size(obj) >= LARGE_FRAME:
+            small.extend(_BIN32.pack(0xC6, _size(obj)))  # bin 32, as msgpack writes any bin of 64 KiB or more
             parts.append(bytes(small))
             small.clear()
-            parts.append(obj)
+            if isinstance(obj, protocol.Chunks):
+                parts.extend(obj.parts)  # the batcher's merged tensor: its requests' bytes, not joined
+            else:
+                parts.append(obj)  # a memoryview: a request's tensor, not copied
+        elif isinstance(obj, protocol.Chunks):
+            small.extend(packer.pack(obj.join()))
         else:
             small.extend(packer.pack(obj))
 
     emit(message)
     parts.append(bytes(small))
-    length = sum(len(p) for p in parts)
+    length = sum(_size(p) for p in parts)
     if length > protocol.MAX_FRAME:
         raise protocol.ProtocolError(f"frame of {length} bytes exceeds {protocol.MAX_FRAME}")
     parts[0] = protocol.HEADER.pack(length) + parts[0]
-    for part in parts:
-        if part:
-            writer.write(part)
+    writer.writelines([p for p in parts if _size(p)])  # one vectored send where the loop can (uvloop)
+
+
+def _size(data: bytes | memoryview | protocol.Chunks) -> int:
+    return data.nbytes if isinstance(data, memoryview | protocol.Chunks) else len(data)
 
 
 def _has_large(message: dict[str, Any]) -> bool:
@@ -81,7 +88,8 @@ def _has_large(message: dict[str, Any]) -> bool:
     tensors = message.get("tensors")
     if isinstance(tensors, dict):
         for tensor in tensors.values():
-            if isinstance(tensor, dict) and isinstance(data := tensor.get("data"), bytes) and len(data) >= LARGE_FRAME:
+            data = tensor.get("data") if isinstance(tensor, dict) else None
+            if isinstance(data, bytes | memoryview | protocol.Chunks) and _size(data) >= LARGE_FRAME:
                 return True
     images = message.get("images")
     return isinstance(images, list) and any(isinstance(i, bytes) and len(i) >= LARGE_FRAME for i in images)

@@ -111,7 +111,8 @@ class InferenceService:
                     )
                 tensors[model.manifest.inputs[0].name] = tensors.pop("")
             tensors = check_tensors(model, tensors)
-            message["tensors"] = {name: encode_tensor(t) for name, t in tensors.items()}
+            # views, not copies: the request's arrays are not touched again before the frame is written
+            message["tensors"] = {name: encode_tensor(t, view=True) for name, t in tensors.items()}
         reply = await self._traced_infer(spec, message, batch, timeout or self.timeout)
         total = (time.perf_counter() - started) * 1e3
         results = _results(reply, batch, classify)
@@ -185,7 +186,7 @@ class InferenceService:
         batch = len(next(iter(tensors.values())))
         if batch > self.max_batch:
             raise PayloadTooLarge(f"a request may hold at most {self.max_batch} inputs, got {batch}")
-        message: dict[str, Any] = {"tensors": {n: encode_tensor(t) for n, t in tensors.items()}}
+        message: dict[str, Any] = {"tensors": {n: encode_tensor(t, view=True) for n, t in tensors.items()}}
         if outputs:
             message["outputs"] = outputs
         reply = await self._traced_infer(spec, message, batch, timeout or self.timeout)

@@ -194,7 +194,7 @@ def bench_carml(args: argparse.Namespace, label: str, flags: list[str]) -> dict[
     headers = {"Content-Type": "application/msgpack", "Accept": "application/msgpack"}
     with (
         tempfile.TemporaryDirectory() as tmp,
-        running_node(Path(tmp), *flags, "--worker-threads", "1") as url,
+        running_node(Path(tmp), *flags, "--worker-threads", "1", *args.node_arg) as url,
     ):
         out = loads(poster(url, "/api/predict", body, headers), args)
     _show(label, out)
@@ -285,6 +285,13 @@ def main() -> None:
     parser.add_argument("--batches", default="1,2,4,8,16", help="direct onnxruntime batch sizes")
     parser.add_argument("--ray-python", default=str(RAY_PYTHON), help="the Ray venv's python")
     parser.add_argument("--no-off", action="store_true", help="skip carml-mesh with batching off")
+    parser.add_argument(
+        "--node-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an extra carml-node argument for every carml run, repeatable (e.g. --node-arg=--trace-level=none)",
+    )
     parser.add_argument("--ray-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.batches = [int(b) for b in str(args.batches).split(",")]

@@ -333,3 +333,42 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
         chunks.append(chunk)
         n -= len(chunk)
     return b"".join(chunks)
+
+
+async def test_views_and_merged_chunks_are_written_as_protocol_pack_writes_their_bytes() -> None:
+    """A request's tensor as a memoryview (encode_tensor(view=True)) and a merged batch's tensor as Chunks (its
+    requests' bytes, not joined) go on the wire exactly as protocol.pack writes the same message with bytes."""
+    rng = np.random.default_rng(5)
+    arrays = [rng.standard_normal((1, 3, 64, 64)).astype(np.float32) for _ in range(3)]  # 48 KiB each
+    messages = [{"tensors": {"input": encode_tensor(a, view=True)}, "top_k": 5} for a in arrays]
+    assert all(isinstance(m["tensors"]["input"]["data"], memoryview) for m in messages)
+    merged = merge(messages)
+    chunks = merged["tensors"]["input"]["data"]
+    assert isinstance(chunks, protocol.Chunks) and len(chunks) == 3 * arrays[0].nbytes  # 144 KiB: not joined
+    assert all(np.shares_memory(np.frombuffer(p, np.uint8), a) for p, a in zip(chunks.parts, arrays, strict=True))
+    joined = {**merged, "tensors": {"input": {**merged["tensors"]["input"], "data": chunks.join()}}, "id": 3}
+    np.testing.assert_array_equal(decode_tensor(joined["tensors"]["input"]), np.concatenate(arrays))
+    single = {"tensors": {"input": encode_tensor(rng.standard_normal((1, 3, 224, 224)).astype(np.float32), view=True)}}
+    as_bytes = {"input": {**single["tensors"]["input"], "data": bytes(single["tensors"]["input"]["data"])}}
+    cases = [
+        ({**merged, "id": 3}, protocol.pack(joined)),
+        ({**single, "id": 4}, protocol.pack({"tensors": as_bytes, "id": 4})),
+    ]
+    assert protocol.pack({**merged, "id": 3}) == cases[0][1]  # the small-frame path (pack) joins them itself
+    node_side, worker_side = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with node_side, worker_side:
+        _, writer = await asyncio.open_unix_connection(sock=node_side)
+        for message, expected in cases:
+            raw = asyncio.create_task(asyncio.to_thread(_recv_exactly, worker_side, len(expected)))
+            write_frame(writer, message)
+            await writer.drain()
+            assert await raw == expected
+        writer.close()
+        await writer.wait_closed()
+
+
+def test_small_merges_are_joined_bytes() -> None:
+    a = np.ones((1, 8), np.float32)
+    merged = merge([{"tensors": {"x": encode_tensor(a, view=True)}}, {"tensors": {"x": encode_tensor(a)}}])
+    assert merged["tensors"]["x"]["data"] == np.ones((2, 8), np.float32).tobytes()
+    assert type(merged["tensors"]["x"]["data"]) is bytes

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
 import struct
 import zlib
+from typing import Any
 
 import aiohttp
 import msgpack
@@ -291,3 +293,74 @@ async def test_page_is_served(http) -> None:
         assert "<html" in (await resp.text()).lower()
     async with http.get("/static/app.js") as resp:
         assert resp.status == 200
+
+
+async def post_raw_msgpack(http: aiohttp.ClientSession, body: bytes) -> tuple[int, dict]:
+    async with http.post("/api/predict", data=body, headers={"Content-Type": MSGPACK, "Accept": MSGPACK}) as resp:
+        raw = await resp.read()
+        return resp.status, msgpack.unpackb(raw) if resp.content_type == MSGPACK else json.loads(raw)
+
+
+async def test_large_msgpack_tensors_concurrently_each_get_their_own_answer(http) -> None:
+    """602 KB tensors travel as views of their request's body buffer, which is reused once free, and merge into
+    batches without being joined: under concurrency, each answer must still be the one its own tensor gets alone."""
+    rng = np.random.default_rng(11)
+    xs = [rng.standard_normal((3, 224, 224)).astype(np.float32) for _ in range(4)]
+
+    def doc(x: np.ndarray) -> dict:
+        return {"model": "efficientnet-lite0", "framework": "onnxruntime", "inputs": [tensor_item(x)], "top_k": 5}
+
+    alone = []
+    for x in xs:
+        status, answer = await post_msgpack(http, doc(x))
+        assert status == 200, answer
+        alone.append(answer["results"][0]["predictions"])
+    assert len({tuple(p["index"] for p in a) for a in alone}) > 1  # the tensors are told apart by the model
+    answers = await asyncio.gather(*(post_msgpack(http, doc(xs[n % 4])) for n in range(24)))
+    for n, (status, answer) in enumerate(answers):
+        assert status == 200, answer
+        got, want = answer["results"][0]["predictions"], alone[n % 4]
+        assert [p["index"] for p in got] == [p["index"] for p in want]
+        np.testing.assert_allclose([p["probability"] for p in got], [p["probability"] for p in want], atol=1e-5)
+
+
+async def test_large_msgpack_bodies_are_checked_as_strictly(http) -> None:
+    x = np.zeros((3, 224, 224), np.float32)
+    good = {"model": "efficientnet-lite0", "inputs": [tensor_item(x)]}
+    body = msgpack.packb(good, use_bin_type=True)
+    status, answer = await post_raw_msgpack(http, body + b"\x00")
+    assert status == 400 and "malformed msgpack" in answer["error"]
+    status, answer = await post_raw_msgpack(http, body[:-10])
+    assert status == 400 and "malformed msgpack" in answer["error"]
+    short = {"model": "efficientnet-lite0", "inputs": [tensor_item(x)]}
+    short["inputs"][0]["tensor"]["shape"] = [3, 224, 225]
+    status, answer = await post_raw_msgpack(http, msgpack.packb(short, use_bin_type=True))
+    assert status == 400 and "inputs[0].tensor" in answer["error"], answer
+    wrong = {"model": "efficientnet-lite0", "inputs": [tensor_item(np.zeros((3, 112, 448), np.float32))]}
+    status, answer = await post_raw_msgpack(http, msgpack.packb(wrong, use_bin_type=True))
+    assert status == 400 and "expected shape" in answer["error"], answer
+    named = {"model": b"m" * (70 << 10), "inputs": [tensor_item(x)]}
+    status, answer = await post_raw_msgpack(http, msgpack.packb(named, use_bin_type=True))
+    assert status == 400 and answer["error"] == "'model' must be a string, got bytes", answer
+
+
+async def test_a_large_msgpack_body_without_a_length_is_read_too(http) -> None:
+    """Chunked transfer encoding: no Content-Length to size a buffer by, so aiohttp's own read and limit."""
+    x = np.random.default_rng(12).standard_normal((3, 224, 224)).astype(np.float32)
+    doc = {"model": "efficientnet-lite0", "framework": "onnxruntime", "inputs": [tensor_item(x)], "top_k": 3}
+    body = msgpack.packb(doc, use_bin_type=True)
+
+    async def chunks() -> Any:
+        for start in range(0, len(body), 100_000):
+            yield body[start : start + 100_000]
+
+    headers = {"Content-Type": MSGPACK, "Accept": MSGPACK}
+    async with http.post("/api/predict", data=chunks(), headers=headers) as resp:
+        assert resp.request_info.headers.get("Transfer-Encoding") == "chunked"
+        chunked = msgpack.unpackb(await resp.read())
+    assert resp.status == 200, chunked
+    status, sized = await post_msgpack(http, doc)
+    assert status == 200
+    assert [p["index"] for p in chunked["results"][0]["predictions"]] == [
+        p["index"] for p in sized["results"][0]["predictions"]
+    ]

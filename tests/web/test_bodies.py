@@ -517,3 +517,39 @@ def test_arbitrary_bodies_raise_only_request_errors(body: bytes) -> None:
     for parse in (parse_json_body, parse_msgpack_body):
         with contextlib.suppress(RequestError):
             parse(body)
+
+
+# --- large msgpack tensors: views of the body, buffers reused when free --------------------------------------------
+
+
+def test_a_large_msgpack_tensor_is_a_view_of_the_body() -> None:
+    x = np.random.default_rng(3).standard_normal((3, 224, 224)).astype(np.float32)
+    item = {"tensor": {"dtype": "float32", "shape": [3, 224, 224], "data": x.tobytes()}}
+    body = bytearray(msgpack.packb({"model": "m", "inputs": [item]}, use_bin_type=True))
+    request = bodies.parse_msgpack_body(body)
+    tensor = request.tensors[""]  # type: ignore[index]
+    assert tensor.shape == (1, 3, 224, 224)
+    np.testing.assert_array_equal(tensor[0], x)
+    assert np.shares_memory(tensor, np.frombuffer(body, np.uint8))  # not copied (nor stacked)
+    two = bodies.parse_msgpack_body(msgpack.packb({"model": "m", "inputs": [item, item]}, use_bin_type=True))
+    np.testing.assert_array_equal(two.tensors[""], np.stack([x, x]))  # type: ignore[index]
+
+
+def test_body_buffers_are_reused_only_once_nothing_refers_to_them() -> None:
+    buffers = bodies.BodyBuffers(max_bytes=3 * 1000)
+    first = buffers.get(1000)
+    kept = id(first)  # the pool keeps it alive, so its id stays its own
+    view = np.frombuffer(memoryview(first), np.uint8)  # what a parsed request holds on to
+    del first
+    second = buffers.get(1000)  # the first is still viewed: a new one
+    assert id(second) != kept
+    del view
+    third = buffers.get(1000)  # the first is free again: reused, not allocated
+    assert id(third) == kept
+    fourth = buffers.get(1000)  # both held: a third one, and the pool is full now (3000 bytes)
+    assert fourth is not third and fourth is not second
+    fifth = buffers.get(1000)  # all three held and no room to keep more: a buffer of its own
+    assert len(fifth) == 1000 and all(fifth is not b for b in (second, third, fourth))
+    del second, third, fourth
+    reused = {id(buffers.get(1000)) for _ in range(5)}  # each released before the next call
+    assert reused <= {kept, *[id(b) for b in buffers._by_size[1000]]} and len(buffers._by_size[1000]) == 3

@@ -40,8 +40,8 @@ class Connection:
         if n >= LARGE_FRAME:  # straight into one buffer: no chunks to join (efficientnet's 602 KB tensor)
             buffer = bytearray(n)
             view, got = memoryview(buffer), 0
-            while got < n:
-                count = self.sock.recv_into(view[got:], n - got)
+            while got < n:  # MSG_WAITALL: the kernel fills it as the bytes arrive, one call in the usual case
+                count = self.sock.recv_into(view[got:], n - got, socket.MSG_WAITALL)
                 if not count:
                     return None
                 got += count

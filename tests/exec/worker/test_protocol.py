@@ -258,3 +258,107 @@ def test_random_tensors_round_trip(name: str, shape: list[int], seed: int) -> No
     back = decode_tensor(unpack(pack({"t": encode_tensor(array)})[4:])["t"])
     assert back.tobytes() == array.tobytes()
     assert back.shape == tuple(shape)
+
+
+# --- unpackb_views: msgpack.unpackb without copying large bins --------------------------------------------------
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` with every memoryview turned back into bytes (what msgpack.unpackb would have returned)."""
+    if isinstance(obj, memoryview):
+        return bytes(obj)
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def test_unpackb_views_returns_large_bins_as_views_of_the_body() -> None:
+    tensor = np.arange(3 * 224 * 224, dtype=np.float32).tobytes()
+    doc = {
+        "model": "m",
+        "version": 2,
+        "top_k": -3,
+        "ints": [0, 127, 128, 255, 256, 65535, 65536, 2**32, 2**64 - 1, -1, -32, -33, -128, -129, -(2**63)],
+        "floats": [0.5, -1e300, float("inf")],
+        "text": "h\u00e9llo" * 20 + "x" * 300,
+        "flags": [None, True, False],
+        "small": b"\x00\xff",
+        "inputs": [{"tensor": {"dtype": "float32", "shape": [3, 224, 224], "data": tensor}}],
+        "map16": {str(n): n for n in range(20)},
+    }
+    body = bytearray(msgpack.packb(doc, use_bin_type=True) + msgpack.packb(1.5, use_single_float=True)[:0])
+    out = protocol.unpackb_views(body, raw=False)
+    data = out["inputs"][0]["tensor"]["data"]
+    assert isinstance(data, memoryview) and data.obj is body  # a view of the body, not a copy
+    assert type(out["small"]) is bytes and type(out["text"]) is str
+    assert _plain(out) == msgpack.unpackb(bytes(body), raw=False) == doc
+    single = msgpack.packb({"f": 1.25, "pad": b"\x01" * (70 << 10)}, use_bin_type=True, use_single_float=True)
+    assert _plain(protocol.unpackb_views(single)) == msgpack.unpackb(single)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        msgpack.packb({"a": b"x" * (70 << 10)}) + b"\x00",  # trailing data
+        msgpack.packb({"a": b"x" * (70 << 10)})[:-1],  # truncated
+        msgpack.packb({1: b"x" * (70 << 10)}),  # an integer key
+        msgpack.packb({"a": b"x" * (70 << 10), "e": msgpack.ExtType(5, b"ab")}),  # an ext type
+        b"\x81\xa1a\xc1" + b"x" * (70 << 10),  # the never-used byte 0xc1
+        b"\x81\xa1a\xa2\xff\xfe" + b"x" * (70 << 10),  # a string of invalid UTF-8, then trailing data
+    ],
+)
+@pytest.mark.parametrize("strict", [True, False])
+def test_unpackb_views_accepts_and_refuses_exactly_as_unpackb(body: bytes, strict: bool) -> None:
+    kwargs = {"raw": False, "strict_map_key": strict}
+    try:
+        expected: Any = msgpack.unpackb(body, **kwargs)
+    except Exception as exc:
+        with pytest.raises(type(exc)):
+            protocol.unpackb_views(body, **kwargs)
+    else:
+        assert _plain(protocol.unpackb_views(body, **kwargs)) == expected
+
+
+def test_unpackb_views_leaves_many_small_objects_to_msgpack() -> None:
+    doc = {"data": list(range(10_000)), "pad": b"x" * (70 << 10)}  # over its object budget: msgpack decodes it all
+    out = protocol.unpackb_views(msgpack.packb(doc))
+    assert out == doc and type(out["pad"]) is bytes
+
+
+_leaves = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text() | st.binary()
+_docs = st.recursive(
+    _leaves, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4), max_leaves=20
+)
+
+
+@given(_docs, st.integers(0, 2))
+@settings(max_examples=150, deadline=None)
+def test_unpackb_views_matches_unpackb_on_arbitrary_documents(doc: Any, big: int) -> None:
+    body = msgpack.packb([doc, b"\x07" * (big * (40 << 10))], use_bin_type=True)  # 0, 40 or 80 KiB of bin
+    # compared packed again: NaN != NaN would fail an equality of the documents themselves
+    assert msgpack.packb(_plain(protocol.unpackb_views(body, raw=False))) == msgpack.packb(msgpack.unpackb(body))
+
+
+def test_unpack_of_a_large_frame_keeps_tensors_as_views() -> None:
+    array = np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    body = bytearray(pack({"op": "infer", "tensors": {"x": encode_tensor(array)}})[HEADER.size :])
+    wire = unpack(body)["tensors"]["x"]
+    assert isinstance(wire["data"], memoryview)
+    decoded = decode_tensor(wire)
+    np.testing.assert_array_equal(decoded, array)
+    assert np.shares_memory(decoded, np.frombuffer(body, np.uint8))
+
+
+def test_encode_tensor_view_shares_memory_and_falls_back_to_bytes() -> None:
+    array = np.arange(12, dtype=np.float32).reshape(3, 4)
+    wire = encode_tensor(array, view=True)
+    assert isinstance(wire["data"], memoryview) and wire["data"].readonly
+    assert np.shares_memory(np.frombuffer(wire["data"], np.float32), array)
+    assert bytes(wire["data"]) == encode_tensor(array)["data"]
+    for other in (array.T, np.asarray(np.float32(3.0))):  # strided, 0-d: copied into bytes as before
+        copied = encode_tensor(other, view=True)
+        assert type(copied["data"]) is bytes and copied == encode_tensor(other)
+    swapped = array.astype(">f4")  # converted to little-endian first: a view of that conversion, the same bytes
+    assert bytes(encode_tensor(swapped, view=True)["data"]) == encode_tensor(swapped)["data"] == array.tobytes()
