@@ -324,6 +324,46 @@ def find_built(inputs: str) -> str | None:
     return ids[0] if ids else None
 
 
+def superseded(images: list[dict[str, str]], keep: int) -> list[str]:
+    """Ids of untagged builds to remove: of each (framework, device), all but the ``keep`` newest.
+
+    ``images`` are rows of ``docker image ls --format json`` (ID, Tag, CreatedAt) joined with their labels. Untagged
+    builds stay as a cache, so that going back to an earlier revision reuses its image; beyond ``keep`` they are
+    only disk.
+    """
+    groups: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for row in images:
+        if row.get("Tag") in (None, "", "<none>"):
+            groups.setdefault((row.get("framework", ""), row.get("device", "")), []).append(row)
+    drop: list[str] = []
+    for rows in groups.values():
+        rows.sort(key=lambda r: r.get("CreatedAt", ""), reverse=True)
+        drop += [r["ID"] for r in rows[keep:]]
+    return drop
+
+
+def prune(keep: int) -> None:
+    """Remove worker images older than the ``keep`` newest untagged builds of their framework and device."""
+    lines = docker_out("image", "ls", "--filter", "label=org.carml.inputs", "--format", "{{json .}}").splitlines()
+    rows: list[dict[str, str]] = []
+    for line in lines:
+        row = json.loads(line)
+        labels = docker_out(
+            "image",
+            "inspect",
+            "--format",
+            '{{index .Config.Labels "org.carml.framework"}} {{index .Config.Labels "org.carml.device"}}',
+            row["ID"],
+        ).split()
+        if len(labels) == 2:
+            row["framework"], row["device"] = labels
+            rows.append(row)
+    drop = superseded(rows, keep)
+    if drop:
+        subprocess.run(["docker", "image", "rm", *drop], capture_output=True)  # one in use by a container stays
+        say(f"pruned {len(drop)} superseded worker image(s), keeping {keep} untagged build(s) per image")
+
+
 def make_context(image: Image, wheels: list[Path], into: Path) -> None:
     """The build context: the Dockerfile, wheels/ and the worker files at their repository paths. Nothing else."""
     shutil.copy2(image.dockerfile, into / "Dockerfile")
@@ -411,6 +451,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--gpu-base", help="base of the CUDA images (default: each Dockerfile's ARG BASE)")
     parser.add_argument("--rebuild", action="store_true", help="build even when an image with the same inputs exists")
+    parser.add_argument(
+        "--keep",
+        type=int,
+        default=3,
+        metavar="N",
+        help="untagged earlier builds kept per image, for switching revisions (default 3); older ones are removed",
+    )
     args = parser.parse_args(argv)
     if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
         raise SystemExit(
@@ -448,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as exc:
             failed, row.status = True, "FAILED"
             say(f"{image.tag}: FAILED: {exc}")
+    if not failed and args.keep >= 0:
+        prune(args.keep)
     print_table(rows)
     say(f"done in {time.perf_counter() - total:.1f}s (DOCKER_HOST={os.environ.get('DOCKER_HOST', 'default')})")
     return 1 if failed else 0

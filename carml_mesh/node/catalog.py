@@ -7,6 +7,7 @@ iterate over a snapshot, so a change while a request or the preloader walks it i
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -124,6 +125,7 @@ class Catalog:
         return model
 
 
+@functools.lru_cache(maxsize=4096)  # asked on every request that names no version; parsing is the costly part
 def _version_key(v: str) -> tuple[int, Any]:
     try:
         return (1, Version(v))
