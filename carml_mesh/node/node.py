@@ -45,6 +45,7 @@ from .replication import Replicator
 from .routing import RoutedInference
 
 log = logging.getLogger("carml.node")
+ADDRESS_TTL_S = 30.0  # how long the advertised address found from the interfaces is reused
 
 
 def _node_id(data_dir: Path) -> str:
@@ -87,6 +88,7 @@ class Node:
         self.db: Database = None  # type: ignore[assignment]  # set in __aenter__: runs, evaluations, feedback
         self.evaluations: Evaluations = None  # type: ignore[assignment]  # set in __aenter__
         self.benchmarks: BenchmarkManager = None  # type: ignore[assignment]  # set in __aenter__
+        self._advertised: tuple[float, str] | None = None  # (when, address): see _advertise_host
         self._stack = contextlib.AsyncExitStack()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -331,8 +333,14 @@ class Node:
         host = self.config.host
         if host not in ("0.0.0.0", "", "::"):
             return host
-        addresses = local_ipv4_addresses()
-        return addresses[0] if addresses else "127.0.0.1"
+        # Listing the interfaces is a netlink round trip and the card is rebuilt every second: look again only
+        # every ADDRESS_TTL_S, which is soon enough for a DHCP renewal or a cable moved.
+        now = time.monotonic()
+        cached = self._advertised
+        if cached is None or now - cached[0] > ADDRESS_TTL_S:
+            addresses = local_ipv4_addresses()
+            cached = self._advertised = (now, addresses[0] if addresses else "127.0.0.1")
+        return cached[1]
 
     def card(self) -> tuple[str, dict[str, Any]]:
         """The stable part of what this node advertises, and its digest (load is not in it: it changes always)."""
