@@ -145,6 +145,9 @@ class LocalExecutor(Executor):
             safe = f"{framework}-{device}".replace(":", "")
             worker = self._new_worker(framework, device, self.run_dir / f"{safe}.sock")
             await worker.start()
+            if self._closed:  # aclose ran while this worker started: it did not see it, so stop it here
+                await worker.aclose()
+                raise WorkerUnavailable("the node is shutting down")
             slot.worker = worker
             self._spawn(self._supervise(framework, device, worker))
             return worker

@@ -146,3 +146,23 @@ def test_worker_program_does_not_depend_on_the_node() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+async def test_close_during_a_worker_start_leaves_no_worker(models_dir, tmp_path) -> None:
+    """aclose() while a load is starting the worker: the started worker must not outlive the executor."""
+    import gc
+
+    spec = digits_spec(models_dir)
+    executor = LocalExecutor(tmp_path, LocalExecutorConfig(threads=1))
+    await executor.start()
+    load = asyncio.create_task(executor.load(spec))
+    for _ in range(400):  # until the worker's socket exists: the start is under way
+        if any(tmp_path.iterdir()):
+            break
+        await asyncio.sleep(0.005)
+    await executor.aclose()
+    with pytest.raises(WorkerUnavailable, match="shutting down"):
+        await load
+    assert executor.worker_pids() == []
+    assert list(tmp_path.iterdir()) == []
+    gc.collect()  # an unclosed worker socket would be a ResourceWarning here (an error in this suite)
