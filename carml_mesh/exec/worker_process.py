@@ -287,12 +287,18 @@ class WorkerProcess:
             await self.launcher.stop(timeout)
         except Exception as exc:  # an engine error while stopping must not stop the node's shutdown
             log.warning("%s worker %s: stopping it failed: %s", self.framework, self.ident, exc)
-        self._mark_dead("closed")
-        for task in list(self._tasks):
-            task.cancel()
+        finally:
+            # Also when this close is cancelled (a node's bounded shutdown ran out): the worker is stopped or being
+            # killed, so what close() has not flushed yet is for nobody, and the socket must not outlive us.
+            if self._writer is not None:
+                self._writer.transport.abort()
+            self._mark_dead("closed")
+            for task in list(self._tasks):
+                task.cancel()
+            if self._server is not None:
+                self._server.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
-            self._server.close()
             await self._server.wait_closed()
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()

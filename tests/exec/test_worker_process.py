@@ -70,3 +70,29 @@ async def test_a_start_cancelled_after_the_connection_leaks_nothing(tmp_path: Pa
             await task
 
     await _accepted_sockets_are_closed(tmp_path, give_up)
+
+
+async def test_a_close_cancelled_while_the_worker_stops_still_closes_the_socket(tmp_path: Path) -> None:
+    """A node's bounded shutdown may cancel a worker's close half-way: its connection must be closed all the same."""
+    import os
+    import signal
+
+    worker = WorkerProcess("onnxruntime", "cpu", tmp_path / "w.sock", threads=1)
+    await worker.start()
+    pid = worker.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # a worker that cannot answer the shutdown frame: close() has to wait for it
+    try:
+        closing = asyncio.create_task(worker.aclose(timeout=30))
+        await asyncio.sleep(0.2)
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        await asyncio.sleep(0)  # the transport's connection_lost runs on the next loop pass
+        assert not worker.alive
+        assert not (tmp_path / "w.sock").exists()
+        gc.collect()  # an open socket left to the collector would be a ResourceWarning: an error in this suite
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGCONT)
+        await worker.aclose(timeout=5)  # reaps the killed process
