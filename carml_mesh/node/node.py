@@ -45,6 +45,7 @@ from .replication import Replicator
 from .routing import RoutedInference
 
 log = logging.getLogger("carml.node")
+FORCED_CLOSE_S = 1.0  # after a shutdown ran out of time and the workers were killed: closing what is left of them
 ADDRESS_TTL_S = 30.0  # how long the advertised address found from the interfaces is reused
 
 
@@ -303,6 +304,12 @@ class Node:
                 for pid in self.executor.worker_pids():
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, 9)
+            if self.executor is not None:
+                # The timeout may have cut the executor's own close short: closing again (safe twice) is quick now
+                # that its workers are dead, and releases their sockets and reader tasks.
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(FORCED_CLOSE_S):
+                        await self.executor.aclose()
 
     def _make_mesh(self) -> Mesh:
         config = self.config
