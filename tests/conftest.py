@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -64,17 +63,3 @@ async def node(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> As
 async def http(node: Node) -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(base_url=node.url()) as session:
         yield session
-
-
-@pytest_asyncio.fixture(scope="session", autouse=True)
-async def _loop_passes_before_the_loop_closes() -> AsyncIterator[None]:
-    """Set up first, so torn down last: a few loop passes after the session's nodes have closed.
-
-    A transport's close() finishes on the next pass of the loop (connection_lost, which closes the socket).
-    asyncio.run gives a closing loop such passes; pytest-asyncio closes its session loop right after the last
-    session fixture, and a node's last closed transport then left its socket to the garbage collector (a
-    ResourceWarning, an error here, in about one suite run of three).
-    """
-    yield
-    for _ in range(3):
-        await asyncio.sleep(0)
