@@ -11,6 +11,7 @@ an entry never yields more than the size it declared.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 import stat
@@ -68,7 +69,7 @@ class Scan:
         return tuple(sorted({i.label for i in self.items}))
 
 
-class Dataset:
+class Dataset(abc.ABC):
     """Labelled inputs a model is run over, read a batch at a time (off the event loop)."""
 
     name: str
@@ -81,9 +82,9 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @abc.abstractmethod
     def read(self, indices: Sequence[int]) -> dict[str, Any]:
         """``images=`` or ``tensors=`` of a PredictRequest for these items."""
-        raise NotImplementedError
 
     def sizes(self, indices: Sequence[int]) -> list[int]:
         return [0 for _ in indices]
@@ -97,7 +98,7 @@ class Dataset:
             "skipped_examples": list(self.skipped_examples),
         }
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (a default, not abstract: an in-memory dataset holds nothing to release)
         """Release what the dataset holds (an open zip, its temp file)."""
 
 
