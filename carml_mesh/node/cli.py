@@ -22,6 +22,7 @@ from ..bench import eval_cli
 from ..errors import CarmlError, ConfigError
 from . import client
 from .config import DEFAULT_HOST, DEFAULT_PORT, NodeConfig, default_data_dir
+from .rejoin import DEFAULT_JOIN_RETRY_INTERVAL, DEFAULT_JOIN_RETRY_MAX_INTERVAL
 
 log = logging.getLogger("carml.node")
 
@@ -189,6 +190,30 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         help="a peer's gossip address to join (repeatable) [CARML_JOIN, comma-separated]",
     )
     mesh.add_argument(
+        "--join-retry-interval",
+        type=float,
+        default=float(_env("JOIN_RETRY_INTERVAL", str(DEFAULT_JOIN_RETRY_INTERVAL)) or DEFAULT_JOIN_RETRY_INTERVAL),
+        metavar="S",
+        help="while this node has no live peer, its seeds (and the peers mDNS found) are retried after S seconds, "
+        "then twice as long after each failure [CARML_JOIN_RETRY_INTERVAL]",
+    )
+    mesh.add_argument(
+        "--join-retry-max-interval",
+        type=float,
+        default=float(
+            _env("JOIN_RETRY_MAX_INTERVAL", str(DEFAULT_JOIN_RETRY_MAX_INTERVAL)) or DEFAULT_JOIN_RETRY_MAX_INTERVAL
+        ),
+        metavar="S",
+        help="the longest wait between two join attempts [CARML_JOIN_RETRY_MAX_INTERVAL]",
+    )
+    mesh.add_argument(
+        "--join-retry-max",
+        type=int,
+        default=int(_env("JOIN_RETRY_MAX", "0") or 0),
+        metavar="N",
+        help="give up after N failed join attempts in a row; 0 (the default): retry for ever [CARML_JOIN_RETRY_MAX]",
+    )
+    mesh.add_argument(
         "--no-mdns",
         action="store_true",
         default=_env("MDNS", "1") == "0",
@@ -201,6 +226,14 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE,...",
         help="gossip timers, e.g. probe_interval=0.5,suspicion_mult=5 (memberlist's LAN profile by "
         "default) [CARML_GOSSIP_TUNING]",
+    )
+    mesh.add_argument(
+        "--pull-allow-origin",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="an origin (http[s]://host[:port]) that POST /api/models/pull may fetch from besides the alive members "
+        "of the mesh (repeatable) [CARML_PULL_ALLOW_ORIGINS, comma-separated]",
     )
     mesh.add_argument(
         "--advertise", default=_env("ADVERTISE"), help="the address peers reach this node at (default: from --host)"
@@ -250,6 +283,16 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     if args.max_artifact_mb <= 0:
         raise ConfigError(f"--max-artifact-mb must be positive, got {args.max_artifact_mb}")
     joins = args.join if args.join is not None else [j for j in (_env("JOIN") or "").split(",") if j.strip()]
+    if not args.join_retry_interval > 0 or not args.join_retry_max_interval >= args.join_retry_interval:
+        raise ConfigError(
+            "--join-retry-interval must be positive and at most --join-retry-max-interval, got "
+            f"{args.join_retry_interval} and {args.join_retry_max_interval}"
+        )
+    if args.join_retry_max < 0:
+        raise ConfigError(f"--join-retry-max must be 0 (for ever) or more, got {args.join_retry_max}")
+    origins = args.pull_allow_origin
+    if origins is None:
+        origins = [o.strip() for o in (_env("PULL_ALLOW_ORIGINS") or "").split(",") if o.strip()]
     return NodeConfig(
         host=args.host,
         port=args.port,
@@ -275,6 +318,10 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         cluster=args.cluster,
         cluster_key=key,
         join=tuple(_address(j) for j in joins),
+        join_retry_interval=args.join_retry_interval,
+        join_retry_max_interval=args.join_retry_max_interval,
+        join_retry_max=args.join_retry_max,
+        pull_origins=tuple(_origin(o) for o in origins),
         mdns=not args.no_mdns,
         advertise=args.advertise,
         gossip_overrides=_tuning(args.gossip_tuning),
@@ -290,6 +337,15 @@ def _address(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"--join {text!r}: give HOST:PORT, e.g. 10.0.0.5:7946")
     return host.strip("[]"), int(port)
+
+
+def _origin(text: str) -> str:
+    from .replication import parse_source
+
+    try:
+        return parse_source(text)
+    except CarmlError as exc:
+        raise ConfigError(f"--pull-allow-origin {text!r}: give an origin such as http://10.0.0.5:7450: {exc}") from None
 
 
 def _tuning(text: str) -> tuple[tuple[str, float], ...]:

@@ -7,6 +7,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .rejoin import DEFAULT_JOIN_RETRY_INTERVAL, DEFAULT_JOIN_RETRY_MAX_INTERVAL
+
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 7450
 DEFAULT_MAX_BODY_BYTES = 64 << 20  # uploads; a bigger body is answered 413 before it is read
@@ -53,6 +55,9 @@ class NodeConfig:
     cluster: str = "default"
     cluster_key: str | None = None  # keyring text: base64 or hex keys, comma or newline separated
     join: tuple[tuple[str, int], ...] = ()
+    join_retry_interval: float = DEFAULT_JOIN_RETRY_INTERVAL  # first retry of the seeds; doubled on each failure
+    join_retry_max_interval: float = DEFAULT_JOIN_RETRY_MAX_INTERVAL
+    join_retry_max: int = 0  # failed attempts before giving up; 0: retry for ever
     mdns: bool = True
     advertise: str | None = None  # the address peers reach us at; default: derived from host
     gossip_overrides: tuple[tuple[str, float], ...] = ()  # GossipConfig timers, for tests and tuning
@@ -61,6 +66,8 @@ class NodeConfig:
     protect_all: bool = False  # with a token: everything under /api and /v2 but /api/health needs it
     max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES
     replication_timeout: float = DEFAULT_REPLICATION_TIMEOUT
+    # origins (scheme://host[:port]) POST /api/models/pull may fetch from besides the alive members of the mesh
+    pull_origins: tuple[str, ...] = ()
     # tracing
     zipkin_url: str | None = None  # also export spans to this Zipkin server (POST JSON v2); the node keeps them anyway
     # none | application | model | framework; a request may ask for another. application by default: it costs about

@@ -18,10 +18,12 @@ from ..gossip.runtime import Gossip
 from ..gossip.state import Event, EventKind
 from ..web.auth import auth_headers
 from .card import card_summary
+from .rejoin import JoinPolicy, JoinSchedule, serve_rejoin
 
 log = logging.getLogger("carml.mesh")
 CARD_FETCH_TIMEOUT = 5.0
 CARD_CHECK_INTERVAL = 1.0  # also the LOAD_INTERVAL: how often load changes may be gossiped
+MAX_FOUND = 32  # mDNS finds kept as rejoin targets for when this node is alone
 
 
 class Mesh:
@@ -38,12 +40,15 @@ class Mesh:
         mdns: bool = True,
         load: Callable[[], int] | None = None,
         api_token: str | None = None,
+        join_policy: JoinPolicy | None = None,
     ) -> None:
         self._card = card  # () -> (digest, card): the local card, recomputed cheaply
         self._load = load or (lambda: 0)  # () -> requests in flight on this node
         self._load_value = 0
         self.http_port = http_port
         self.seeds = seeds
+        self.join_schedule = JoinSchedule(join_policy or JoinPolicy(), seeds)
+        self._found: dict[str, Address] = {}  # node id -> gossip address, as mDNS last announced it
         self.use_mdns = mdns
         self.card_version = 0
         self.card_digest = ""
@@ -67,8 +72,10 @@ class Mesh:
             timeout=aiohttp.ClientTimeout(total=CARD_FETCH_TIMEOUT), headers=self._headers
         )
         self._spawn(self._watch_card())
-        if self.seeds:
-            self._spawn(self._join(list(self.seeds)))
+        if self.seeds or self.use_mdns:
+            self._spawn(
+                serve_rejoin(self.join_schedule, alone=self._alone, targets=self._rejoin_targets, join=self.gossip.join)
+            )
         if self.use_mdns:
             host, port = self.gossip.addr
             self.mdns = MdnsDiscovery(
@@ -106,16 +113,28 @@ class Mesh:
         # without refetching cards, refreshed at most every LOAD_INTERVAL
         return {"v": self.card_version, "d": self.card_digest, "http": self.http_port, "l": self._load_value}
 
+    def _alone(self) -> bool:
+        me = self.gossip.config.name
+        return not any(m.name != me and m.state in (State.ALIVE, State.SUSPECT) for m in self.gossip.members())
+
+    def _rejoin_targets(self) -> list[Address]:
+        own = self.gossip.addr
+        return [a for a in dict.fromkeys([*self.seeds, *self._found.values()]) if a != own]
+
     async def _join(self, addrs: list[Address]) -> None:
-        joined = await self.gossip.join(addrs)
-        if joined == 0:
-            log.warning("could not join any of %s", ", ".join(f"{h}:{p}" for h, p in addrs))
+        if await self.gossip.join(addrs) == 0:
+            log.info("could not join %s, found by mDNS", ", ".join(f"{h}:{p}" for h, p in addrs))
 
     def _on_discovered(self, found: Discovered) -> None:
+        addrs = [(a, found.gossip_port) for a in found.addresses if ":" not in a][:1]
+        if addrs:  # kept for rejoining after a partition, when mDNS's caches have nothing new to announce
+            self._found.pop(found.node_id, None)
+            self._found[found.node_id] = addrs[0]
+            while len(self._found) > MAX_FOUND:
+                del self._found[next(iter(self._found))]
         known = {m.name for m in self.gossip.members() if m.state in (State.ALIVE, State.SUSPECT)}
         if found.node_id in known:
             return
-        addrs = [(a, found.gossip_port) for a in found.addresses if ":" not in a][:1]
         if addrs:
             log.info("mDNS found %s at %s:%d; joining", found.node_id, *addrs[0])
             self._spawn(self._join(addrs))
@@ -209,5 +228,6 @@ class Mesh:
             "encrypted": self.gossip.keyring is not None,
             "members": members,
             "gossip": self.gossip.statistics(),
+            "join": self.join_schedule.view(),
             "discovery": self.mdns.statistics() if self.mdns is not None else None,
         }

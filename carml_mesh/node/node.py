@@ -41,6 +41,7 @@ from .forward import Forwarder
 from .inference import InferenceService
 from .mesh import Mesh
 from .publish import Publisher
+from .rejoin import JoinPolicy
 from .replication import Replicator
 from .routing import RoutedInference
 
@@ -334,6 +335,7 @@ class Node:
             mdns=config.mdns,
             load=self.in_flight,
             api_token=config.api_token,
+            join_policy=JoinPolicy(config.join_retry_interval, config.join_retry_max_interval, config.join_retry_max),
         )
 
     def _advertise_host(self) -> str:

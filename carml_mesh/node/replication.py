@@ -58,6 +58,35 @@ def parse_source(text: Any) -> str:
     return str(url.with_path(""))
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, lower-case host and port of a base URL, for comparing origins (http://H and http://H:80 match)."""
+    u = URL(url)
+    return u.scheme, (u.host or "").lower(), u.port
+
+
+def resolve_source(text: Any, members: list[Peer], allowed_origins: tuple[str, ...] = ()) -> str:
+    """The base URL to pull from, given as an alive member's node id or its advertised URL, or as an origin the
+    operator allowed (``--pull-allow-origin``). Anything else is refused before any request leaves this node: a
+    pull makes the node send requests, so an arbitrary URL would let any caller probe the lab's network (SSRF)."""
+    alive = ", ".join(f"{p.id} ({p.url})" for p in sorted(members, key=lambda p: p.id)[:8]) or "none"
+    if isinstance(text, str) and text and "://" not in text:
+        for member in members:
+            if text == member.id:
+                return member.url
+        raise BadRequest(f"'source' {text!r} is not the node id of an alive member of this mesh (alive: {alive})")
+    url = parse_source(text)
+    wanted = _origin(url)
+    for member in members:
+        if _origin(member.url) == wanted:
+            return member.url
+    if any(_origin(allowed) == wanted for allowed in allowed_origins):
+        return url
+    raise BadRequest(
+        f"'source' {text!r} is not an alive member of this mesh, and not an origin this node allows; pull from a "
+        f"member by node id or advertised URL (alive: {alive}), or start the node with --pull-allow-origin {url}"
+    )
+
+
 def parse_target(to: Any) -> str | int | list[str]:
     """'all', a number of peers (>= 1), or a non-empty list of node ids or names."""
     if to == "all":
@@ -195,7 +224,8 @@ class Replicator:
         url = f"{source}/api/artifacts/{sha256}"
         ingest = self.store.ingest(limit=self.max_artifact_bytes, label=f"the {framework} artifact from {source}")
         try:
-            async with self.session.get(url) as resp:
+            # no redirects: a redirect could point anywhere, and the source was checked, not where it sends us
+            async with self.session.get(url, allow_redirects=False) as resp:
                 if resp.status != 200:
                     raise BadGateway(f"{url} answered {resp.status}: {await _error_text(resp)}")
                 if resp.content_length is not None and resp.content_length > self.max_artifact_bytes:

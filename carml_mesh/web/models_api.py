@@ -31,7 +31,7 @@ from ..manifest.loader import MAX_MANIFEST_BYTES, parse_manifest_text
 from ..manifest.schema import FRAMEWORKS, NAME_RE, SHA256_RE, VERSION_RE, Manifest
 from ..node.catalog import MAX_LABELS_BYTES
 from ..node.forward import FORWARDED
-from ..node.replication import alive_peers, choose_peers, parse_source, parse_target
+from ..node.replication import alive_peers, choose_peers, parse_target, resolve_source
 from ..store.artifacts import Ingest
 
 if TYPE_CHECKING:
@@ -183,7 +183,8 @@ async def pull(request: web.Request) -> web.Response:
         raise BadRequest("'manifest' must be the manifest's YAML text")
     if len(doc["manifest"].encode()) > MAX_MANIFEST_BYTES:
         raise PayloadTooLarge(f"'manifest' is over {MAX_MANIFEST_BYTES} bytes")
-    source = parse_source(doc["source"])
+    # only from the mesh (or an origin the operator allowed): checked before any request leaves this node
+    source = resolve_source(doc["source"], alive_peers(node.mesh, node.id, "", ""), node.config.pull_origins)
     published = await node.replicator.pull(doc["manifest"], source, replace=doc.get("replace", False))
     return web.json_response(published.to_dict())
 
@@ -203,7 +204,8 @@ async def deploy(request: web.Request) -> web.Response:
     peers = choose_peers(
         alive_peers(node.mesh, node.id, model.name, model.version), target, self_id=node.id, self_name=node.name
     )
-    results = await node.replicator.deploy(text, node.public_url(), peers, replace=doc.get("replace", False))
+    # the source by node id: each peer resolves it to the URL its own gossip view has of this node
+    results = await node.replicator.deploy(text, node.id, peers, replace=doc.get("replace", False))
     return web.json_response(
         {
             "name": model.name,

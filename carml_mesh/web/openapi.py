@@ -99,7 +99,11 @@ def _publishing_paths(model_path: dict[str, Any], version_path: dict[str, Any]) 
                                 "type": "object",
                                 "properties": {
                                     "manifest": {"type": "string"},
-                                    "source": {"type": "string", "format": "uri"},
+                                    "source": {
+                                        "type": "string",
+                                        "description": "an alive member of the mesh, by node id or advertised URL, "
+                                        "or an origin the node allows (--pull-allow-origin); anything else is a 400",
+                                    },
                                     "replace": {"type": "boolean"},
                                 },
                                 "required": ["manifest", "source"],

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -176,6 +178,80 @@ async def test_garbage_datagrams_are_dropped_and_counted(tmp_path) -> None:
         await writer.wait_closed()
         async with aiohttp.ClientSession() as http, http.get(f"{a.url()}/api/health") as resp:
             assert resp.status == 200
+
+
+def free_gossip_port() -> int:
+    """A port free for UDP and TCP on 127.0.0.1 right now, for a seed that is started later."""
+    for _ in range(20):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = udp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise AssertionError("no free port")
+
+
+async def test_a_node_started_before_its_seed_joins_it_and_rejoins_after_losing_it(tmp_path) -> None:
+    """Boot order does not decide whether the mesh forms: b retries its seed until a is up, and once a has gone
+    and come back (a restart: a knows nobody, it has no --join), b, alone again, finds it again by itself."""
+    port = free_gossip_port()
+    seed = dataclasses.replace(node_config(tmp_path, "a"), gossip_port=port)
+    joiner = node_config(
+        tmp_path, "b", join=(("127.0.0.1", port),), join_retry_interval=0.05, join_retry_max_interval=0.2
+    )
+    async with Node(joiner) as b:
+        assert b.mesh is not None
+        await eventually(lambda: b.mesh.join_schedule.attempts >= 3)
+        view = b.mesh.cluster_view()["join"]
+        assert view["seeds"] == [f"127.0.0.1:{port}"] and view["joins"] == 0
+        assert view["last_result"] == f"no answer from 127.0.0.1:{port}" and view["next_attempt_unix"] > time.time() - 1
+        for _ in range(2):  # the seed's first start, then its restart
+            async with Node(seed) as a:
+                await eventually(lambda a=a: seen(b).get(a.id) == "alive" and seen(a).get(b.id) == "alive")
+                await eventually(lambda: b.mesh.join_schedule.attempts == 0)
+            await eventually(lambda: b.mesh.join_schedule.attempts >= 1)  # a left: b is alone, and retries
+        view = b.mesh.cluster_view()["join"]
+        assert view["joins"] == 2 and view["total_attempts"] >= 5 and not view["gave_up"]
+
+
+async def test_join_retries_give_up_after_the_maximum(tmp_path) -> None:
+    port = free_gossip_port()
+    cfg = node_config(tmp_path, "b", join=(("127.0.0.1", port),), join_retry_interval=0.02, join_retry_max=3)
+    async with Node(cfg) as b:
+        assert b.mesh is not None
+        await eventually(lambda: b.mesh.join_schedule.gave_up)
+        view = b.mesh.cluster_view()["join"]
+        assert view["attempts"] == 3 and view["next_attempt_unix"] is None and view["retry_max_attempts"] == 3
+
+
+def test_join_retry_flags_are_checked() -> None:
+    args = [
+        "--join",
+        "h:7946",
+        "--join-retry-interval",
+        "0.5",
+        "--join-retry-max-interval",
+        "10",
+        "--join-retry-max",
+        "7",
+    ]
+    cfg = config_from_args(build_parser().parse_args(args))
+    assert (cfg.join_retry_interval, cfg.join_retry_max_interval, cfg.join_retry_max) == (0.5, 10.0, 7)
+    assert config_from_args(build_parser().parse_args([])).join_retry_max == 0  # for ever by default
+    for bad in (["--join-retry-interval", "0"], ["--join-retry-interval", "40"], ["--join-retry-max", "-1"]):
+        with pytest.raises(ConfigError, match="--join-retry"):
+            config_from_args(build_parser().parse_args(bad))
+
+
+def test_pull_origins_are_checked() -> None:
+    cfg = config_from_args(build_parser().parse_args(["--pull-allow-origin", "http://mirror.lab:8080/"]))
+    assert cfg.pull_origins == ("http://mirror.lab:8080",)
+    with pytest.raises(ConfigError, match="--pull-allow-origin 'http://h/x'"):
+        config_from_args(build_parser().parse_args(["--pull-allow-origin", "http://h/x"]))
 
 
 @pytest.mark.parametrize("bad", ["nohost", "h:0", "h:99999", ":7946", "h:x"])

@@ -23,10 +23,12 @@ import aiohttp
 import msgpack
 import numpy as np
 import pytest
-from nodeproc import Proc, gossip_address, launch, stop, wait_ready
+from nodeproc import Proc, gossip_address, launch, node_config, stop, wait_ready
 
+from carml_mesh.errors import BadRequest
 from carml_mesh.node.forward import FORWARDED
-from carml_mesh.node.replication import Peer, choose_peers, parse_source, parse_target
+from carml_mesh.node.node import Node
+from carml_mesh.node.replication import Peer, choose_peers, parse_source, parse_target, resolve_source
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "mesh-token-0123456789abcdef"
@@ -124,6 +126,65 @@ def test_choosing_peers() -> None:
     for bad in ("ftp://x", "http://", "http://u:p@h:1", "http://h:1/api", "http://h:1?x", 5):
         with pytest.raises(Exception, match="'source'"):
             parse_source(bad)
+
+
+def test_a_pull_source_must_be_an_alive_member_or_an_allowed_origin() -> None:
+    members = [Peer("n1", "lab-1", "http://10.0.0.5:7450", load=0, has_model=False)]
+    assert resolve_source("n1", members) == "http://10.0.0.5:7450"  # by node id
+    assert resolve_source("http://10.0.0.5:7450/", members) == "http://10.0.0.5:7450"  # by advertised URL
+    assert resolve_source("HTTP://10.0.0.5:7450", members) == "http://10.0.0.5:7450"
+    allowed = ("http://mirror.lab:8080",)
+    assert resolve_source("http://MIRROR.lab:8080", members, allowed) == "http://mirror.lab:8080"
+    assert resolve_source("http://[::1]:7450", [Peer("v6", "v6", "http://[::1]:7450", 0, False)]) == "http://[::1]:7450"
+    for bad in (
+        "http://10.0.0.5:7451",  # a member's host, another port
+        "https://10.0.0.5:7450",  # another scheme
+        "http://169.254.169.254",  # the cloud metadata service, the classic target
+        "http://mirror.lab:8081",
+    ):
+        with pytest.raises(BadRequest, match="not an alive member of this mesh") as info:
+            resolve_source(bad, members, allowed)
+        assert "n1 (http://10.0.0.5:7450)" in str(info.value) and "--pull-allow-origin" in str(info.value)
+    for not_an_id in ("lab-1", "n2"):  # a member's name is not unique: node ids only
+        with pytest.raises(BadRequest, match=f"'{not_an_id}' is not the node id of an alive member.*n1 "):
+            resolve_source(not_an_id, members, allowed)
+    for malformed in ("ftp://x", "http://u:p@h:1", 5, ""):
+        with pytest.raises(BadRequest, match="'source'"):
+            resolve_source(malformed, members)
+
+
+async def test_pull_sends_nothing_to_a_source_outside_the_mesh(models_dir: Path, tmp_path: Path) -> None:
+    """A refused source gets no connection at all; the same origin, once allowed, is fetched from."""
+    connections = 0
+
+    async def count(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(count, "127.0.0.1", 0)
+    origin = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    onnx = models_dir / "digits-cnn" / "model.onnx"
+    text = "\n".join(
+        line
+        for line in (REPO / "manifests" / "digits-cnn.yml").read_text().split("  - name: pytorch")[0].splitlines()
+        if not line.lstrip().startswith("#")
+    ).replace("name: digits-cnn", "name: digits-pulled")
+    text = text.replace("{path: ../build/models/digits-cnn/model.onnx}", f"{{sha256: {sha(onnx)}}}")
+    async with server:
+        for allowed, status in (((), 400), ((origin,), 502)):
+            config = node_config(tmp_path, f"puller-{status}", manifests=tmp_path / "none", pull_origins=allowed)
+            async with Node(config) as puller, aiohttp.ClientSession() as http:
+                body = {"manifest": text, "source": origin}
+                async with http.post(puller.url() + "/api/models/pull", json=body) as resp:
+                    doc = await resp.json()
+                assert resp.status == status, doc
+                if status == 400:
+                    assert "not an alive member of this mesh" in doc["error"] and connections == 0
+                else:
+                    assert f"{origin}/api/artifacts/{sha(onnx)} answered 404" in doc["error"] and connections == 1
 
 
 # --- the mesh -----------------------------------------------------------------------------------------------------
