@@ -26,7 +26,7 @@ CLUSTER_Q = (
 pytestmark = pytest.mark.skipif(netns.netns_unavailable() is not None, reason=str(netns.netns_unavailable()))
 
 
-def start(host: netns.Host, tmp: Path, name: str, cluster: str) -> tuple[subprocess.Popen[str], str]:
+def start(host: netns.Host, tmp: Path, name: str, cluster: str, *extra: str) -> tuple[subprocess.Popen[str], str]:
     proc = host.run(
         [
             sys.executable,
@@ -53,6 +53,7 @@ def start(host: netns.Host, tmp: Path, name: str, cluster: str) -> tuple[subproc
             FAST,
             "--log-level",
             "WARNING",
+            *extra,
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -117,6 +118,39 @@ def test_mdns_discovery_forms_a_mesh_across_hosts(tmp_path) -> None:
             pb.terminate()
             assert pb.wait(timeout=5) == 0  # SIGTERM stops a node within 5 s, mDNS goodbye and gossip leave included
             wait_for(lambda: states(hosts[0])[b] == "left", "a to see b leave")
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+                if p.stdout is not None:
+                    p.stdout.close()
+
+
+def test_a_partitioned_node_finds_its_peer_again_by_what_mdns_found(tmp_path) -> None:
+    """Two hosts, mDNS only. A partition long enough for each to declare the other dead leaves both alone, and mDNS
+    has nothing new to announce afterwards (its records did not change). Gossip's own reconnect attempts to the dead
+    come every 30 s, and stop once they are reaped; a node with no live peer retries the peers mDNS found on its join
+    schedule, so they meet again within a second or two (and the join counters say it was that)."""
+    retry = ("--join-retry-interval", "0.2", "--join-retry-max-interval", "1")
+    with netns.lan(2) as hosts:
+        procs = []
+        try:
+            (pa, a), (pb, b) = (start(h, tmp_path, n, "lab", *retry) for h, n in zip(hosts, "ab", strict=True))
+            procs = [pa, pb]
+            both = {a: "alive", b: "alive"}
+            wait_for(lambda: states(hosts[0]) == both and states(hosts[1]) == both, "a and b to meet by mDNS")
+            iptables = ["ip", "netns", "exec", hosts[1].ns, "iptables"]
+            cut = ["INPUT", "-i", "eth0", "-j", "DROP"]  # b hears nothing from the LAN, a gets no answer
+            subprocess.run([*iptables, "-I", *cut], check=True)
+            try:
+                wait_for(
+                    lambda: states(hosts[0])[b] == "dead" and states(hosts[1])[a] == "dead", "both to declare death"
+                )
+            finally:
+                subprocess.run([*iptables, "-D", *cut], check=True)
+            wait_for(lambda: states(hosts[0]) == both and states(hosts[1]) == both, "a and b to meet again", 30)
+            assert cluster_of(hosts[0])["join"]["joins"] + cluster_of(hosts[1])["join"]["joins"] >= 1
         finally:
             for p in procs:
                 if p.poll() is None:
