@@ -95,12 +95,74 @@ def _has_large(message: dict[str, Any]) -> bool:
     return isinstance(images, list) and any(isinstance(i, bytes) and len(i) >= LARGE_FRAME for i in images)
 
 
-def _close_accepted(connected: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]) -> None:
-    """The worker's connection when start gave up after accepting it (else the socket leaks until GC)."""
-    if connected.done() and not connected.cancelled():
-        connected.result()[1].close()
-    else:
-        connected.cancel()  # a connection that arrives later is closed by on_connect
+class OneConnection:
+    """A Unix socket that takes exactly one connection, the worker's: listen, accept once, close.
+
+    Not asyncio.start_unix_server: its server accepts in the selector's callback and hands the socket to a task of
+    its own, so a worker that connected in a loop's last pass (a node closed while a worker was starting) left an
+    accepted socket that nothing owned; it was garbage-collected unclosed when the loop closed (the suite's
+    intermittent ResourceWarning, reproduced in tests/exec/test_worker_process.py). Here the accepted socket is in
+    ``accepted`` the moment it exists, and ``close()`` closes it unless ``take()`` handed it on.
+    """
+
+    def __init__(self, path: Path, mode: int) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        self._listener: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._listener.setblocking(False)
+            self._listener.bind(str(path))
+            os.chmod(path, mode)
+            self._listener.listen(1)
+        except BaseException:
+            self._listener.close()
+            raise
+        self._loop = asyncio.get_running_loop()
+        self._fd = self._listener.fileno()
+        self.accepted: asyncio.Future[socket.socket] = self._loop.create_future()
+        self._taken = False
+        self._loop.add_reader(self._fd, self._ready)
+
+    def _ready(self) -> None:
+        assert self._listener is not None
+        try:
+            conn, _ = self._listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._stop_listening()
+            if not self.accepted.done():
+                self.accepted.set_exception(exc)
+            return
+        self._stop_listening()  # one connection is all we take: nothing else can reach this socket now
+        conn.setblocking(False)
+        if self.accepted.done():  # cancelled meanwhile
+            conn.close()
+        else:
+            self.accepted.set_result(conn)
+
+    def _stop_listening(self) -> None:
+        if self._listener is not None:
+            self._loop.remove_reader(self._fd)  # before close: the fd number may be reused at once
+            self._listener.close()
+            self._listener = None
+
+    def take(self) -> socket.socket:
+        """The accepted socket, now the caller's to close."""
+        try:
+            conn = self.accepted.result()
+        except OSError as exc:
+            raise WorkerUnavailable(f"cannot accept the worker's connection: {exc}") from exc
+        self._taken = True
+        return conn
+
+    def close(self) -> None:
+        """Stop listening; close an accepted socket nobody took. Safe twice."""
+        self._stop_listening()
+        if not self.accepted.done():
+            self.accepted.cancel()
+        elif not self.accepted.cancelled() and self.accepted.exception() is None and not self._taken:
+            self.accepted.result().close()
 
 
 def raise_send_buffer(writer: asyncio.StreamWriter) -> None:
@@ -145,7 +207,7 @@ class WorkerProcess:
         self._start_timeout = start_timeout
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._server: asyncio.Server | None = None
+        self._socket: OneConnection | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.hello: dict[str, Any] = {}
@@ -171,49 +233,43 @@ class WorkerProcess:
         return len(self._pending)
 
     async def start(self) -> None:
-        connected: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
-            asyncio.get_running_loop().create_future()
-        )
-
-        def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            if connected.done():
-                writer.close()  # only our worker may talk to us; a second connection is refused
-            else:
-                connected.set_result((reader, writer))
-
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
-        self._server = await asyncio.start_unix_server(on_connect, path=str(self.socket_path))
-        os.chmod(self.socket_path, self.launcher.socket_mode)
+        self._socket = one = OneConnection(self.socket_path, self.launcher.socket_mode)
         exited: asyncio.Future[int] | None = None
+        writer: asyncio.StreamWriter | None = None
         try:
             await self.launcher.launch(Path(self._connect_path or self.socket_path), self._args)
             exited = asyncio.ensure_future(self.launcher.wait())
             # Readiness is the worker's hello on the socket, raced against its exit: never a sleep.
             async with asyncio.timeout(self._start_timeout):
-                done, _ = await asyncio.wait({connected, exited}, return_when=asyncio.FIRST_COMPLETED)
-                if connected not in done:
+                racing: set[asyncio.Future[Any]] = {one.accepted, exited}
+                done, _ = await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+                if one.accepted not in done:
                     raise WorkerUnavailable(
                         f"{self.framework} worker exited with status {exited.result()} before it was ready "
                         f"(is {self.framework} installed?)"
                     )
-                reader, writer = connected.result()
+                conn = one.take()
+                try:
+                    reader, writer = await asyncio.open_unix_connection(sock=conn)
+                except BaseException:
+                    conn.close()
+                    raise
                 header = await reader.readexactly(protocol.HEADER.size)
                 self.hello = protocol.unpack(await reader.readexactly(protocol.frame_length(header)))
         except TimeoutError:
-            _close_accepted(connected)
+            if writer is not None:
+                writer.transport.abort()
             await self.aclose()
             raise WorkerUnavailable(
                 f"{self.framework} worker did not start within {self._start_timeout:.0f} s"
             ) from None
         except BaseException:  # cancelled or failed mid-start: nothing of it may outlive this call
-            _close_accepted(connected)
+            if writer is not None:
+                writer.transport.abort()
             if exited is not None:
                 exited.cancel()
             await self.aclose()
             raise
-        # one connection is all we take: stop listening so nothing else can reach this socket
-        self._server.close()
         raise_send_buffer(writer)
         self._writer = writer
         self._spawn(self._read_replies(reader))
@@ -295,10 +351,8 @@ class WorkerProcess:
             self._mark_dead("closed")
             for task in list(self._tasks):
                 task.cancel()
-            if self._server is not None:
-                self._server.close()
+            if self._socket is not None:
+                self._socket.close()
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()

@@ -2,6 +2,9 @@
 
 import asyncio
 import gc
+import socket
+import threading
+import warnings
 from pathlib import Path
 
 import pytest
@@ -96,3 +99,60 @@ async def test_a_close_cancelled_while_the_worker_stops_still_closes_the_socket(
         os.kill(pid, signal.SIGKILL)
         os.kill(pid, signal.SIGCONT)
         await worker.aclose(timeout=5)  # reaps the killed process
+
+
+class ConnectingWorker(Launcher):
+    """Fault injection: connects to the node's socket at once (the connection waits in the kernel's backlog) and
+    never sends its hello; it closes its end when stopped."""
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+        self.connected = threading.Event()
+
+    @property
+    def ident(self) -> str | None:
+        return "connecting"
+
+    async def launch(self, socket_path: Path, args: list[str]) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(str(socket_path))
+        self.connected.set()
+
+    async def wait(self) -> int:
+        await asyncio.Event().wait()  # runs until cancelled
+        return 0
+
+    async def stop(self, timeout: float) -> None:
+        if self.sock is not None:
+            self.sock.close()
+
+
+def test_a_loop_closed_while_a_worker_connects_leaves_no_socket(tmp_path: Path) -> None:
+    """The suite's old intermittent leak: a node closed (here: its loop) in the very pass in which its starting
+    worker's connection was accepted. asyncio's Unix server then held the accepted socket in a task that never ran,
+    and the socket was garbage-collected unclosed. The worker's connection is accepted only into a future the
+    worker owns now, so closing the loop right then closes it."""
+    for passes in range(4):  # the loop stops 0..3 passes after the worker connected: each way of being in between
+        launcher = ConnectingWorker()
+        worker = WorkerProcess("onnxruntime", "cpu", tmp_path / f"w{passes}.sock", launcher, start_timeout=30)
+
+        async def main(worker: WorkerProcess = worker, launcher: ConnectingWorker = launcher, n: int = passes) -> None:
+            asyncio.get_running_loop().create_task(worker.start())  # still starting when the loop closes
+            while not launcher.connected.is_set():
+                await asyncio.sleep(0)
+            for _ in range(n):
+                await asyncio.sleep(0)
+
+        def run(main=main) -> None:  # type: ignore[no-untyped-def]  # in a thread: this thread's loop stays as it is
+            with asyncio.Runner() as runner:  # its close cancels the start, as pytest-asyncio's does at the end
+                runner.run(main())
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            thread = threading.Thread(target=run)
+            thread.start()
+            thread.join(timeout=30)
+            gc.collect()
+        leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+        assert leaks == [], (passes, leaks)
+        assert not (tmp_path / f"w{passes}.sock").exists()
