@@ -90,12 +90,37 @@ def node_config(data_dir: Path, **kw: object) -> NodeConfig:
 
 
 @pytest_asyncio.fixture(scope="module")
-async def pnode(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> AsyncIterator[Node]:
+async def liar() -> AsyncIterator[tuple[str, dict[str, bytes], list[dict[str, str]]]]:
+    """A fake peer serving /api/artifacts/{sha256} from a dict it is given, recording the headers it got; not a member
+    of any mesh, so the node under test allows its origin (--pull-allow-origin)."""
+    served: dict[str, bytes] = {}
+    seen: list[dict[str, str]] = []
+
+    async def artifact(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        body = served.get(request.match_info["sha"])
+        return web.Response(body=body) if body is not None else web.json_response({"error": "absent"}, status=404)
+
+    app = web.Application()
+    app.router.add_get("/api/artifacts/{sha}", artifact)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}", served, seen
+    finally:
+        await runner.cleanup()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def pnode(tmp_path_factory: pytest.TempPathFactory, models_dir: Path, liar) -> AsyncIterator[Node]:
     data = tmp_path_factory.mktemp("publish-node")
     (data / "manifests").mkdir()
     text = (REPO / "manifests" / "digits-cnn.yml").read_text()
     (data / "manifests" / "digits-cnn.yml").write_text(text.replace("../build/models", str(models_dir)))
-    async with Node(node_config(data)) as node:
+    async with Node(node_config(data, pull_origins=(liar[0],))) as node:
         await node.wait_ready()
         yield node
 
@@ -399,30 +424,6 @@ async def test_withdraw(pnode: Node, client: aiohttp.ClientSession, artifacts: d
     assert resp.status == 409 and "comes from the manifest file" in doc["error"]
 
 
-@pytest_asyncio.fixture
-async def liar() -> AsyncIterator[tuple[str, dict[str, bytes], list[dict[str, str]]]]:
-    """A fake peer serving /api/artifacts/{sha256} from a dict it is given, recording the headers it got."""
-    served: dict[str, bytes] = {}
-    seen: list[dict[str, str]] = []
-
-    async def artifact(request: web.Request) -> web.Response:
-        seen.append(dict(request.headers))
-        body = served.get(request.match_info["sha"])
-        return web.Response(body=body) if body is not None else web.json_response({"error": "absent"}, status=404)
-
-    app = web.Application()
-    app.router.add_get("/api/artifacts/{sha}", artifact)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}", served, seen
-    finally:
-        await runner.cleanup()
-
-
 async def test_a_pull_refuses_a_peer_serving_other_bytes(pnode: Node, client: aiohttp.ClientSession, liar) -> None:
     source, served, seen = liar
     real, fake = os.urandom(4096), os.urandom(4096)
@@ -451,6 +452,7 @@ async def test_a_pull_refuses_a_peer_serving_other_bytes(pnode: Node, client: ai
     for body, fragment in [
         ({"manifest": text, "source": "file:///etc/passwd"}, "must be an http:// or https:// URL"),
         ({"manifest": text, "source": source + "/api?x=1"}, "must be a base URL only"),
+        ({"manifest": text, "source": "http://127.0.0.1:1"}, "is not an alive member of this mesh"),
         ({"manifest": manifest_text(name="x2"), "source": source}, "a pulled manifest must give each sha256"),
         ({"manifest": "name: [", "source": source}, "manifest: invalid YAML"),
         ({"manifest": text}, "'source' is required"),
