@@ -3,6 +3,8 @@ results and progress as JSON) and ``bench_queries`` (the raw per-query rows, for
 
 from __future__ import annotations
 
+import builtins
+import functools
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
@@ -210,23 +212,23 @@ class BenchStore:
         )
         return [brief(_row_document(r)) for r in rows]
 
-    async def queries(self, run_id: str) -> list[dict[str, Any]]:
+    async def queries(self, run_id: str) -> builtins.list[dict[str, Any]]:
         """Every per-query row of a run, in order (a small run's: see :meth:`query_pages` for a large one)."""
         return [row async for page in self.query_pages(run_id) for row in page]
 
-    async def query_pages(self, run_id: str, page_size: int = EXPORT_PAGE) -> AsyncIterator[list[dict[str, Any]]]:
+    async def query_pages(
+        self, run_id: str, page_size: int = EXPORT_PAGE
+    ) -> AsyncIterator[builtins.list[dict[str, Any]]]:
         """The per-query rows of a run in order (configuration, then query index), ``page_size`` at a time, so an
         export of a long run never holds it whole (keyset pagination on the (run_id, point, idx) index)."""
         cols = ", ".join(EXPORT_COLUMNS)
         after = (-1, -(2**62))
         while True:
-            rows = await self.db.run(
-                lambda c, after=after: c.execute(
-                    f"SELECT {cols} FROM bench_queries WHERE run_id = ? AND (point, idx) > (?, ?) "
-                    "ORDER BY point, idx LIMIT ?",
-                    (run_id, *after, page_size),
-                ).fetchall()
+            query = (
+                f"SELECT {cols} FROM bench_queries WHERE run_id = ? AND (point, idx) > (?, ?) "
+                "ORDER BY point, idx LIMIT ?"
             )
+            rows = await self.db.run(functools.partial(_fetch_all, query, (run_id, *after, page_size)))
             if not rows:
                 return
             yield [dict(r) for r in rows]
@@ -243,3 +245,7 @@ class BenchStore:
                 ).rowcount
             )
         )
+
+
+def _fetch_all(query: str, args: tuple[object, ...], c: sqlite3.Connection) -> builtins.list[sqlite3.Row]:
+    return c.execute(query, args).fetchall()

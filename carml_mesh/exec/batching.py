@@ -252,6 +252,7 @@ class BatchingExecutor(Executor):
         self, inner: Executor, *, pool: int = 2, max_queue_delay_ms: float | None = None, enabled: bool = True
     ) -> None:
         self.inner = inner
+        self.kind = inner.kind
         self.pool = max(1, pool)
         # one batch more than the worker runs at once waits at the worker, so a slot that frees starts the next
         # batch at once instead of idling while the node hears of it and sends the next frame (at 4 clients that
@@ -262,10 +263,6 @@ class BatchingExecutor(Executor):
         self._queues: dict[str, _Queue] = {}
         self._requests = 0  # inside infer() now: queued, batched or direct
         self._closed = False
-
-    @property  # type: ignore[override]
-    def kind(self) -> str:
-        return self.inner.kind
 
     def __getattr__(self, name: str) -> Any:
         # what the wrapped executor offers beyond the interface (the Docker executor's images, ...)

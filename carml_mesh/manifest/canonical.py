@@ -69,4 +69,5 @@ def _input(spec: InputSpec) -> dict[str, Any]:
 
 def dump(doc: Mapping[str, Any]) -> str:
     """YAML text, keys in the document's order, stable from one run to the next."""
-    return yaml.safe_dump(dict(doc), sort_keys=False, allow_unicode=True, default_flow_style=None, width=120)
+    text: str = yaml.safe_dump(dict(doc), sort_keys=False, allow_unicode=True, default_flow_style=None, width=120)
+    return text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import math
 import re
 from collections.abc import Mapping
@@ -157,7 +158,9 @@ class _Fields:
             raise self.error(key, f"{value!r} is not one of {', '.join(choices)}")
         return value
 
-    def int(self, key: str, *, default: int | None = None, minimum: int = 1) -> int | None:
+    def int(
+        self, key: builtins.str, *, default: builtins.int | None = None, minimum: builtins.int = 1
+    ) -> builtins.int | None:
         value = self.data.get(key)
         if value is None:
             return default
@@ -165,19 +168,19 @@ class _Fields:
             raise self.error(key, f"must be an integer >= {minimum}, got {value!r}")
         return value
 
-    def number(self, key: str, *, default: float, minimum: float = 0.0) -> float:
+    def number(self, key: builtins.str, *, default: float, minimum: float = 0.0) -> float:
         value = self.data.get(key, default)
         if not isinstance(value, int | float) or isinstance(value, bool) or not _finite(value) or value < minimum:
             raise self.error(key, f"must be a number >= {minimum}, got {value!r}")
         return float(value)
 
-    def bool(self, key: str, *, default: bool = False) -> bool:
+    def bool(self, key: builtins.str, *, default: builtins.bool = False) -> builtins.bool:
         value = self.data.get(key, default)
         if not isinstance(value, bool):
             raise self.error(key, f"must be true or false, got {value!r}")
         return value
 
-    def list(self, key: str, *, required: bool = False) -> list[Any]:
+    def list(self, key: builtins.str, *, required: builtins.bool = False) -> builtins.list[Any]:
         value = self.data.get(key)
         if value is None:
             if required:
@@ -187,7 +190,7 @@ class _Fields:
             raise self.error(key, f"must be a list, got {_kind(value)}")
         return value
 
-    def numbers(self, key: str, count: int) -> tuple[float, ...]:
+    def numbers(self, key: builtins.str, count: builtins.int) -> tuple[float, ...]:
         value = self.data.get(key)
         if value is None:
             return ()

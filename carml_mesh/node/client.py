@@ -97,9 +97,9 @@ def artifact_files(manifest: Manifest, path: Path, given: list[str]) -> dict[str
             files[entry.name] = Path(ref.url.removeprefix("file://"))
         elif ref.sha256 is None:
             raise UsageError(f"no artifact for {entry.name}: give --artifact {entry.name}=PATH")
-    for framework, file in files.items():
-        if not file.is_file():
-            raise UsageError(f"the {framework} artifact {file} is not a file")
+    for framework, artifact in files.items():
+        if not artifact.is_file():
+            raise UsageError(f"the {framework} artifact {artifact} is not a file")
     return files
 
 

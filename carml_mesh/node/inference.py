@@ -238,7 +238,7 @@ def _cold_spans(tracing: Tracing, parent: Span, reply: dict[str, Any], received_
     """``container.start`` (docker cold mode, which says when it began) and ``model.load``; else the load alone,
     placed to end when the worker received the request."""
     load_ms = _number(reply.get("load_ms"))
-    cold = reply.get("cold") if isinstance(reply.get("cold"), dict) else {}
+    cold: dict[str, Any] = reply["cold"] if isinstance(reply.get("cold"), dict) else {}
     container_ms = _number(cold.get("container_start_ms"))
     began = cold.get("started_unix_ns")
     if isinstance(began, int) and began > 0 and container_ms:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -171,11 +172,14 @@ class Mesh:
             if digest and digest != self._card_digests.get(member.name) and member.name not in self._fetching:
                 task = asyncio.ensure_future(self._fetch_card(member))
                 self._fetching[member.name] = task
-                task.add_done_callback(lambda _t, n=member.name: self._fetching.pop(n, None))
+                task.add_done_callback(functools.partial(self._fetched, member.name))
         elif event.kind == EventKind.REAPED:
             self.cards.pop(member.name, None)
             self._card_digests.pop(member.name, None)
         log.info("member %s: %s", member.name, event.kind.value)
+
+    def _fetched(self, name: str, _task: asyncio.Task[None]) -> None:
+        self._fetching.pop(name, None)
 
     async def _fetch_card(self, member: MemberState) -> None:
         port = member.meta.get("http")

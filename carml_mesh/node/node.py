@@ -320,7 +320,7 @@ class Node:
             GossipConfig(
                 name=self.id, addr=(advertise, config.gossip_port), cluster=config.cluster, bind_host=config.host
             ),
-            **{k: (int(v) if isinstance(getattr(GossipConfig, k, None), int) else v) for k, v in overrides.items()},
+            **_typed_overrides(overrides),
         )
         try:
             keyring = Keyring.from_text(config.cluster_key) if config.cluster_key else None
@@ -525,3 +525,8 @@ class Node:
                 "max_queue_delay_ms": m.batching.max_queue_delay_ms,
             },
         }
+
+
+def _typed_overrides(overrides: dict[str, float]) -> dict[str, Any]:
+    """--gossip-tuning values as GossipConfig's fields want them: its int fields as ints (the CLI checked names)."""
+    return {k: (int(v) if isinstance(getattr(GossipConfig, k, None), int) else v) for k, v in overrides.items()}

@@ -104,11 +104,12 @@ class LeanSpan(trace.Span):
         return self.end_ns is None
 
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        code = status.status_code if isinstance(status, Status) else status
         if isinstance(status, Status):
-            status, description = status.status_code, status.description
-        if status is StatusCode.ERROR:
+            description = status.description
+        if code is StatusCode.ERROR:
             self.error = description or ""
-        elif status is StatusCode.OK:
+        elif code is StatusCode.OK:
             self.error = None
 
     def record_exception(

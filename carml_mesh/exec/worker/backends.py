@@ -128,7 +128,7 @@ class TorchScriptModel:
         self.torch = torch
         self.device = torch.device(device)
         try:
-            self.module = torch.jit.load(path, map_location=self.device).eval()
+            self.module = torch.jit.load(path, map_location=self.device).eval()  # type: ignore[no-untyped-call]
         except Exception as exc:
             raise WorkerError("internal", f"torch cannot load {path}: {exc}") from exc
         self.input_names = list(input_names)

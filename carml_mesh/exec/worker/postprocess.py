@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
+    probabilities: np.ndarray = exp / exp.sum(axis=-1, keepdims=True)
+    return probabilities
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     return np.exp(-np.logaddexp(0.0, -logits.astype(np.float64)))  # 1 / (1 + e^-x), without overflow in exp
 
 
-TRANSFORMS = {"softmax": softmax, "sigmoid": sigmoid, "none": lambda x: x.astype(np.float64)}
+def identity(logits: np.ndarray) -> np.ndarray:
+    return logits.astype(np.float64)
+
+
+TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"softmax": softmax, "sigmoid": sigmoid, "none": identity}
 
 
 def top_k(scores: np.ndarray, k: int) -> list[tuple[int, float]]:

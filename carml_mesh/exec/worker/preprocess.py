@@ -106,7 +106,7 @@ def image_to_array(image: Image.Image, spec: ImageSpec) -> np.ndarray:
             w, h = image.size
         left, top = (w - spec.width) // 2, (h - spec.height) // 2
         image = image.crop((left, top, left + spec.width, top + spec.height))
-    pixels = np.asarray(image, dtype=np.float32)
+    pixels: np.ndarray = np.asarray(image, dtype=np.float32)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     if spec.invert:

@@ -63,13 +63,13 @@ def _pack_default(obj: Any) -> Any:
 
 
 def pack(message: dict[str, Any]) -> bytes:
-    body = msgpack.packb(message, use_bin_type=True, default=_pack_default)
+    body: bytes = msgpack.packb(message, use_bin_type=True, default=_pack_default)
     if len(body) > MAX_FRAME:
         raise ProtocolError(f"frame of {len(body)} bytes exceeds {MAX_FRAME}")
     return HEADER.pack(len(body)) + body
 
 
-def frame_length(header: bytes) -> int:
+def frame_length(header: bytes | bytearray) -> int:
     (length,) = HEADER.unpack(header)
     if length > MAX_FRAME:
         raise ProtocolError(f"frame length {length} exceeds {MAX_FRAME}")
@@ -201,7 +201,7 @@ def encode_tensor(array: np.ndarray, *, view: bool = False) -> dict[str, Any]:
         raise ProtocolError(f"dtype {name} cannot cross the wire")
     data = np.asarray(array, dtype=DTYPES[name])  # not ascontiguousarray: it turns a 0-d array into shape (1,)
     if view and data.ndim and data.flags.c_contiguous:
-        return {"dtype": name, "shape": list(data.shape), "data": memoryview(data).cast("B").toreadonly()}
+        return {"dtype": name, "shape": list(data.shape), "data": memoryview(data.data).cast("B").toreadonly()}
     return {"dtype": name, "shape": list(data.shape), "data": data.tobytes()}  # tobytes(): C order, any strides
 
 
