@@ -83,3 +83,12 @@ class Executor(abc.ABC):
 
     @abc.abstractmethod
     def statistics(self) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def in_flight(self) -> int:
+        """Requests at this executor now (cheap: read on every routed request)."""
+
+    def worker_pids(self) -> list[int]:
+        """Worker processes of this host that the node may kill when its bounded shutdown runs out; none by
+        default (a container's removal is its engine's)."""
+        return []

@@ -264,12 +264,6 @@ class BatchingExecutor(Executor):
         self._requests = 0  # inside infer() now: queued, batched or direct
         self._closed = False
 
-    def __getattr__(self, name: str) -> Any:
-        # what the wrapped executor offers beyond the interface (the Docker executor's images, ...)
-        if name.startswith("_") or name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
     # --- delegated ---------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -292,12 +286,10 @@ class BatchingExecutor(Executor):
 
     def in_flight(self) -> int:
         """Requests at this executor now, queued in the batcher or at a worker (read on every routed request)."""
-        inner = getattr(self.inner, "in_flight", None)
-        return max(self._requests, int(inner()) if callable(inner) else 0)
+        return max(self._requests, self.inner.in_flight())
 
     def worker_pids(self) -> list[int]:
-        pids = getattr(self.inner, "worker_pids", None)
-        return list(pids()) if callable(pids) else []
+        return self.inner.worker_pids()
 
     def statistics(self) -> dict[str, Any]:
         stats = dict(self.inner.statistics())

@@ -301,11 +301,10 @@ class Node:
                 await self._stack.aclose()
         except TimeoutError:
             log.error("shutdown took longer than %.1f s; killing what is left", self.config.shutdown_timeout)
-            if isinstance(self.executor, LocalExecutor | BatchingExecutor):
+            if self.executor is not None:
                 for pid in self.executor.worker_pids():
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, 9)
-            if self.executor is not None:
                 # The timeout may have cut the executor's own close short: closing again (safe twice) is quick now
                 # that its workers are dead, and releases their sockets and reader tasks.
                 with contextlib.suppress(Exception):
@@ -376,9 +375,7 @@ class Node:
     def in_flight(self) -> int:
         """Requests running on this node's workers now."""
         assert self.executor is not None
-        if isinstance(self.executor, LocalExecutor | BatchingExecutor):  # the Docker executor is a LocalExecutor too
-            return self.executor.in_flight()
-        return sum(int(w.get("in_flight", 0)) for w in self.executor.statistics().get("workers", []))
+        return self.executor.in_flight()
 
     def _warm(self) -> list[str]:
         return sorted(self._loaded_keys())
