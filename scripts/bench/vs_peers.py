@@ -1,156 +1,110 @@
-"""efficientnet-lite0 throughput and tail latency: carml-mesh (batching on) vs direct onnxruntime vs Ray Serve.
+"""efficientnet-lite0 throughput and tail latency: carml-mesh vs a thin aiohttp server, direct onnxruntime, Ray Serve.
 
-    .venv/bin/python scripts/bench/vs_peers.py [--qps 150] [--duration 8] [--clients 8] [--ray-python PATH]
+    .venv/bin/python scripts/bench/vs_peers.py [--qps 150] [--duration 8] [--clients 1,8,16] [--ray-python PATH]
+                                               [--node-arg ARG ...] [--only thin,carml,kserve,ray]
 
-The same input for all three: one preprocessed 224x224 float32 tensor per request (602 KB of raw bytes), so no
-JPEG decoding anywhere; the same model file (build/models/efficientnet-lite0/model.onnx) on onnxruntime's CPU
-provider; the same 2 compute threads in all:
+The same input for all: one preprocessed 224x224 float32 tensor per request (602 KB of raw bytes), so no JPEG
+decoding anywhere; the same model file (build/models/efficientnet-lite0/model.onnx) on onnxruntime's CPU provider:
 
 - direct:    onnxruntime.InferenceSession.run in this process, intra-op threads = 2, called back to back at each
              batch size in --batches; the best images/s is the limit a server could approach (no HTTP, no copies);
-- carml:     a real `carml-node` process, POST /api/predict with a msgpack body holding the tensor's raw bytes,
-             top-5 back; its worker runs 2 requests at once with 1 intra-op thread each (--worker-threads 1, the
-             default pool of 2). Three nodes, one after the other: batching on (the manifest's 16 inputs / 2 ms),
-             on with --max-queue-delay-ms 0 (a batch leaves as soon as a worker slot is free), and off;
+- thin:      scripts/bench/thin_server.py, about 30 lines: aiohttp, one session (1 intra-op thread) run with
+             asyncio.to_thread, no batching, POST / with the raw bytes, top-5 back as JSON;
+- carml:     a real `carml-node` process with default flags (plus --node-arg), POST /api/predict with a msgpack
+             body holding the tensor's raw bytes, top-5 back; then the same node through KServe v2 with the binary
+             tensor extension (POST /v2/models/efficientnet-lite0/infer, the tensor after the JSON header, the
+             classification extension asking for the top 5: what tritonclient sends);
 - ray serve: one replica, `@serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002, max_concurrent_batches=2)`
              around the same onnxruntime session options (1 intra-op thread, each batch run in a thread), POST /
              with the tensor's raw bytes as the body, top-5 back as JSON. Ray runs from its own venv (default
              build/ray-venv: python3 -m venv build/ray-venv && build/ray-venv/bin/pip install "ray[serve]"
              onnxruntime numpy msgpack); without one it is skipped with a message.
 
-Two loads per server: closed loop with --clients clients back to back (its max load), and an open loop at --qps
+The load comes from scripts/bench/loadgen.py in a process of its own (aiohttp clients on one loop), the same for
+every server: closed loops with each of --clients clients back to back (the max load), then an open loop at --qps
 offered requests/s (latency counted from each request's scheduled time, so a server falling behind pays for it).
-The clients are threads in the benchmarking process, on the same 2 cores as the servers, equally for both.
+Client and servers share the machine's cores, equally for all. Only the ratios of one run mean anything here.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
-import itertools
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, pct
+from _common import REPO
 
 MODEL = REPO / "build" / "models" / "efficientnet-lite0" / "model.onnx"
 RAY_PYTHON = REPO / "build" / "ray-venv" / "bin" / "python"
 RAY_PORT = 8765
 
-Post = Callable[[], None]  # one request, raising on failure
-CARML = {  # label -> node flags
-    "carml-mesh, batching on": ["--batching", "auto"],  # the manifest's 16 inputs / 2 ms
-    "carml, on, delay 0": ["--batching", "auto", "--max-queue-delay-ms", "0"],  # dispatch when a slot is free
-    "carml-mesh, batching off": ["--batching", "off"],
-}
-
-
-def poster(url: str, path: str, body: bytes, headers: dict[str, str]) -> Callable[[], Post]:
-    """A factory of per-thread posters, each with its own keep-alive connection."""
-    host, _, port = url.removeprefix("http://").partition(":")
-
-    def make() -> Post:
-        conn = http.client.HTTPConnection(host, int(port), timeout=60)
-
-        def post() -> None:
-            conn.request("POST", path, body=body, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()
-            if resp.status != 200:
-                raise RuntimeError(f"{resp.status}: {raw[:200]!r}")
-
-        return post
-
-    return make
-
-
-def closed_loop(make: Callable[[], Post], clients: int, duration: float, warmup: float = 2.0) -> dict[str, float]:
-    start = time.perf_counter()
-    measure_from, stop = start + warmup, start + warmup + duration
-    lat: list[list[float]] = [[] for _ in range(clients)]
-    errors: list[BaseException] = []
-
-    def run(n: int) -> None:
-        post = make()
-        try:
-            while (t0 := time.perf_counter()) < stop:
-                post()
-                if t0 >= measure_from:
-                    lat[n].append((time.perf_counter() - t0) * 1e3)
-        except BaseException as exc:
-            errors.append(exc)
-
-    _run_threads(run, clients)
-    if errors:
-        raise SystemExit(f"request failed: {errors[0]}")
-    ms = np.concatenate([np.asarray(x) for x in lat])
-    return {"ips": len(ms) / duration, "p50": pct(ms, 50), "p99": pct(ms, 99)}
-
-
-def open_loop(make: Callable[[], Post], qps: float, duration: float, warmup: float = 2.0) -> dict[str, float]:
-    """Requests scheduled every 1/qps s; latency from the scheduled time. Up to 64 requests outstanding."""
-    start = time.perf_counter() + 0.05
-    total = int((warmup + duration) * qps)
-    first = int(warmup * qps)
-    counter = itertools.count()
-    lock = threading.Lock()
-    lat: list[float] = []
-    errors: list[BaseException] = []
-
-    def run(_: int) -> None:
-        post = make()
-        try:
-            while True:
-                with lock:
-                    i = next(counter)
-                if i >= total:
-                    return
-                due = start + i / qps
-                if (delay := due - time.perf_counter()) > 0:
-                    time.sleep(delay)
-                post()
-                if i >= first:
-                    lat.append((time.perf_counter() - due) * 1e3)
-        except BaseException as exc:
-            errors.append(exc)
-
-    t0 = time.perf_counter()
-    _run_threads(run, 64)
-    if errors:
-        raise SystemExit(f"request failed: {errors[0]}")
-    ms = np.asarray(lat)
-    elapsed = time.perf_counter() - t0 - warmup
-    return {"ips": len(ms) / max(elapsed, 1e-9), "p50": pct(ms, 50), "p99": pct(ms, 99)}
-
-
-def _run_threads(target: Callable[[int], None], n: int) -> None:
-    threads = [threading.Thread(target=target, args=(i,), daemon=True) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
+THIN = Path(__file__).resolve().parent / "thin_server.py"
+THIN_PORT = 8766
+KSERVE_PATH = "/v2/models/efficientnet-lite0/infer"
 
 
 def image() -> np.ndarray:
     return np.random.default_rng(0).standard_normal((3, 224, 224), dtype=np.float32)
 
 
-def loads(make: Callable[[], Post], args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    return {
-        "max": closed_loop(make, args.clients, args.duration),
-        "fixed": open_loop(make, args.qps, args.duration),
-    }
+def loads(url: str, path: str, body: bytes, headers: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+    """scripts/bench/loadgen.py against ``url + path``, in a process of its own; its RESULT."""
+    with tempfile.NamedTemporaryFile(suffix=".body") as f:
+        f.write(body)
+        f.flush()
+        cmd = [sys.executable, str(LOADGEN), url, path, f.name, "--closed", ",".join(map(str, args.clients))]
+        cmd += ["--qps", str(args.qps), "--duration", str(args.duration)]
+        cmd += [arg for k, v in headers.items() for arg in ("--header", f"{k}:{v}")]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"the load generator failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    out: dict[str, Any] = json.loads(lines[-1].removeprefix("RESULT "))
+    return out
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"the server exited with {proc.returncode} before it listened")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listens on port {port} after {timeout:.0f} s")
+
+
+def kserve_body(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    """A KServe v2 binary request as tritonclient makes it: the JSON header, then the tensor's bytes."""
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [1, *x.shape],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [{"name": "logits", "parameters": {"classification": 5, "binary_data": False}}],
+            "parameters": {"framework": "onnxruntime"},
+        }
+    ).encode()
+    headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
+    return header + x.tobytes(), headers
 
 
 # --- the three ------------------------------------------------------------------------------------------------------
@@ -179,7 +133,20 @@ def bench_direct(args: argparse.Namespace) -> dict[str, Any]:
     return {"by_batch": by_batch, "best_batch": best, "ips": by_batch[best]}
 
 
-def bench_carml(args: argparse.Namespace, label: str, flags: list[str]) -> dict[str, Any]:
+def bench_thin(args: argparse.Namespace) -> dict[str, Any]:
+    proc = subprocess.Popen([sys.executable, str(THIN), str(MODEL), str(THIN_PORT)], cwd=REPO)
+    try:
+        wait_for_port(THIN_PORT, proc)
+        out = loads(f"http://127.0.0.1:{THIN_PORT}", "/", image().tobytes(), {}, args)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    _show("thin aiohttp", out)
+    return out
+
+
+def bench_carml(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """One node with default flags (and --node-arg): /api/predict msgpack, then KServe v2 binary."""
     import msgpack
     from _common import running_node
 
@@ -192,13 +159,16 @@ def bench_carml(args: argparse.Namespace, label: str, flags: list[str]) -> dict[
         }
     )
     headers = {"Content-Type": "application/msgpack", "Accept": "application/msgpack"}
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        running_node(Path(tmp), *flags, "--worker-threads", "1", *args.node_arg) as url,
-    ):
-        out = loads(poster(url, "/api/predict", body, headers), args)
-    _show(label, out)
-    return out
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp, running_node(Path(tmp), *args.node_arg) as url:
+        if "carml" in args.only:
+            results["carml /api/predict msgpack"] = loads(url, "/api/predict", body, headers, args)
+        if "kserve" in args.only:
+            kbody, kheaders = kserve_body(x)
+            results["carml KServe v2 binary"] = loads(url, KSERVE_PATH, kbody, kheaders, args)
+    for label, out in results.items():
+        _show(label, out)
+    return results
 
 
 def bench_ray(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -210,16 +180,21 @@ def bench_ray(args: argparse.Namespace) -> dict[str, Any] | None:
     if probe.returncode != 0:
         print(f"  ray serve: skipped, `import ray` failed there: {probe.stderr.strip().splitlines()[-1]}", flush=True)
         return None
-    cmd = [str(python), __file__, "--ray-server", "--duration", str(args.duration), "--qps", str(args.qps)]
-    cmd += ["--clients", str(args.clients)]
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [str(python), __file__, "--ray-server"]
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, cwd=REPO, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}, text=True
     )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        print(f"  ray serve: failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}", flush=True)
-        return None
-    out = json.loads(lines[-1].removeprefix("RESULT "))
+    try:
+        wait_for_port(RAY_PORT, proc, timeout=180)
+        out = loads(f"http://127.0.0.1:{RAY_PORT}", "/", image().tobytes(), {}, args)
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()  # the server shuts Ray down when its stdin closes
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
     _show("ray serve", out)
     return out
 
@@ -259,52 +234,54 @@ def ray_server(args: argparse.Namespace) -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": RAY_PORT})
     serve.run(EfficientNet.bind(str(MODEL)), route_prefix="/")
     try:
-        body = image().tobytes()
-        make = poster(f"http://127.0.0.1:{RAY_PORT}", "/", body, {"Content-Type": "application/octet-stream"})
-        out = loads(make, args)
+        sys.stdin.read()  # serve until the driver is done with us
     finally:
         serve.shutdown()
         ray.shutdown()
-    print("RESULT " + json.dumps(out), flush=True)
 
 
 def _show(name: str, out: dict[str, Any]) -> None:
-    m, f = out["max"], out["fixed"]
-    print(
-        f"  {name}: max load {m['ips']:.1f} img/s p50 {m['p50']:.1f} p99 {m['p99']:.1f} ms; "
-        f"fixed load {f['ips']:.1f} img/s p50 {f['p50']:.1f} p99 {f['p99']:.1f} ms",
-        flush=True,
+    closed = "; ".join(
+        f"{n} clients {m['ips']:.1f} img/s p50 {m['p50']:.1f} p99 {m['p99']:.1f} ms" for n, m in out["closed"].items()
     )
+    f = out["open"]
+    fixed = f"; open loop {f['ips']:.1f} img/s p50 {f['p50']:.1f} p99 {f['p99']:.1f} ms" if f else ""
+    print(f"  {name}: {closed}{fixed}", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per load")
-    parser.add_argument("--qps", type=float, default=150.0, help="the fixed offered load, requests (images)/s")
-    parser.add_argument("--clients", type=int, default=8, help="closed-loop clients for the max load")
+    parser.add_argument("--qps", type=float, default=150.0, help="the open loop's offered load, requests/s (0: none)")
+    parser.add_argument("--clients", default="1,8,16", help="closed-loop client counts, comma-separated")
     parser.add_argument("--batches", default="1,2,4,8,16", help="direct onnxruntime batch sizes")
     parser.add_argument("--ray-python", default=str(RAY_PYTHON), help="the Ray venv's python")
-    parser.add_argument("--no-off", action="store_true", help="skip carml-mesh with batching off")
+    parser.add_argument("--only", default="thin,carml,kserve,ray", help="which servers, comma-separated")
     parser.add_argument(
         "--node-arg",
         action="append",
         default=[],
         metavar="ARG",
-        help="an extra carml-node argument for every carml run, repeatable (e.g. --node-arg=--trace-level=none)",
+        help="an extra carml-node argument, repeatable (e.g. --node-arg=--worker-threads=1)",
     )
     parser.add_argument("--ray-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.batches = [int(b) for b in str(args.batches).split(",")]
     if args.ray_server:
         ray_server(args)
         return
+    args.batches = [int(b) for b in str(args.batches).split(",")]
+    args.clients = [int(n) for n in str(args.clients).split(",")]
+    args.only = set(args.only.split(","))
     print("direct onnxruntime, in-process, 2 intra-op threads", flush=True)
     direct = bench_direct(args)
-    print("servers", flush=True)
-    carml = {
-        label: bench_carml(args, label, flags) for label, flags in CARML.items() if not (args.no_off and "off" in flags)
-    }
-    ray = bench_ray(args)
+    print("servers (load from scripts/bench/loadgen.py in its own process)", flush=True)
+    rows: dict[str, dict[str, Any] | None] = {}
+    if "thin" in args.only:
+        rows["thin aiohttp + onnxruntime"] = bench_thin(args)
+    if args.only & {"carml", "kserve"}:
+        rows.update(bench_carml(args))
+    if "ray" in args.only:
+        rows["ray serve, @serve.batch"] = bench_ray(args)
     print("direct onnxruntime again (the best of both runs is the limit: other load on this machine only lowers it)")
     again = bench_direct(args)
     direct["by_batch"] = {b: max(ips, again["by_batch"][b]) for b, ips in direct["by_batch"].items()}
@@ -312,25 +289,29 @@ def main() -> None:
     limit = direct["ips"] = direct["by_batch"][direct["best_batch"]]
     print(
         f"\nefficientnet-lite0, onnxruntime/cpu, 1 preprocessed tensor per request; direct best: batch "
-        f"{direct['best_batch']}"
+        f"{direct['best_batch']} {limit:.1f} img/s; direct batch 1: {direct['by_batch'].get(1, float('nan')):.1f} img/s"
+        f" ({1e3 / direct['by_batch'].get(1, float('nan')):.2f} ms)"
     )
+    thin = rows.get("thin aiohttp + onnxruntime")
+    one_ms = 1e3 / direct["by_batch"][1] if 1 in direct["by_batch"] else float("nan")
     print(
-        f"{'':<26}{'max load (' + str(args.clients) + ' clients)':>32} | "
-        f"{'fixed load ' + format(args.qps, '.0f') + '/s':>22}"
+        f"{'server':<30}{'clients':>8}{'img/s':>9}{'x direct':>10}{'x thin':>8}{'p50 ms':>9}{'x direct b1':>12}{'p99 ms':>9}"
     )
-    print(f"{'':<26}{'img/s':>10}{'% direct':>10}{'p99 ms':>12} | {'img/s':>10}{'p99 ms':>12}")
-    print(f"{'direct onnxruntime':<26}{limit:>10.1f}{100.0:>9.1f}%{'':>12} |")
-    rows = [*carml.items(), ("ray serve, @serve.batch", ray)]
-    for name, out in rows:
+    for name, out in rows.items():
         if out is None:
-            print(f"{name:<26}{'(skipped)':>10}")
+            print(f"{name:<30}{'(skipped)':>8}")
             continue
-        m, f = out["max"], out["fixed"]
-        print(
-            f"{name:<26}{m['ips']:>10.1f}{100 * m['ips'] / limit:>9.1f}%{m['p99']:>12.1f} | "
-            f"{f['ips']:>10.1f}{f['p99']:>12.1f}"
-        )
-    print(f"\n{args.duration:.0f} s per load after 2 s warm-up; carml and ray: 2 batches at once x 1 thread")
+        for n in args.clients:
+            m = out["closed"][str(n)]
+            vs_thin = m["ips"] / thin["closed"][str(n)]["ips"] if thin else float("nan")
+            print(
+                f"{name:<30}{n:>8}{m['ips']:>9.1f}{m['ips'] / limit:>10.2f}{vs_thin:>8.2f}{m['p50']:>9.2f}"
+                f"{m['p50'] / one_ms:>12.2f}{m['p99']:>9.1f}"
+            )
+        if out["open"]:
+            f = out["open"]
+            print(f"{name:<30}{'open':>8}{f['ips']:>9.1f}{'':>18}{f['p50']:>9.2f}{'':>12}{f['p99']:>9.1f}")
+    print(f"\n{args.duration:.0f} s per load after 2 s warm-up; open loop at {args.qps:.0f}/s")
 
 
 if __name__ == "__main__":
