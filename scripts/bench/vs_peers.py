@@ -294,9 +294,8 @@ def main() -> None:
     )
     thin = rows.get("thin aiohttp + onnxruntime")
     one_ms = 1e3 / direct["by_batch"][1] if 1 in direct["by_batch"] else float("nan")
-    print(
-        f"{'server':<30}{'clients':>8}{'img/s':>9}{'x direct':>10}{'x thin':>8}{'p50 ms':>9}{'x direct b1':>12}{'p99 ms':>9}"
-    )
+    head = f"{'clients':>8}{'img/s':>9}{'x direct':>10}{'x thin':>8}{'p50 ms':>9}{'x direct b1':>12}{'p99 ms':>9}"
+    print(f"{'server':<30}{head}")
     for name, out in rows.items():
         if out is None:
             print(f"{name:<30}{'(skipped)':>8}")
