@@ -7,20 +7,19 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 from opentelemetry.trace import SpanKind
 
 from ..errors import BadRequest, PayloadTooLarge
 from ..node.forward import FORWARDED, TIMEOUT_MS, TRACE_HEADERS
 from ..node.inference import PredictRequest
 from ..trace.setup import NONE, extract, hex_trace_id, reset_level, set_level
-from . import bodies
+from . import bodies, forms
 from .openapi import openapi_document
 
 if TYPE_CHECKING:
     from ..node.node import Node
 
-MAX_FIELD_BYTES = 4096
 LARGE_BODY = 64 << 10  # a body this large is read into one buffer (see _read_body)
 _BUFFERS = bodies.BodyBuffers()  # one event loop per process: no lock needed
 IMAGE_FIELDS = ("image", "images", "file", "files")
@@ -203,30 +202,25 @@ def hop_headers(request: web.Request) -> tuple[bool, float | None, dict[str, str
 
 async def _parse_multipart(request: web.Request, limit: int) -> PredictRequest:
     """Fields model, version, framework, device, top_k; every file part is one image of the batch."""
-    reader = await request.multipart()
+    form = await forms.open_form(request)
     fields: dict[str, str] = {}
     images: list[bytes] = []
     total = 0
-    while (part := await reader.next()) is not None:
-        if not isinstance(part, BodyPartReader):
-            raise BadRequest("nested multipart bodies are not accepted")
-        name = part.name or ""
+    while (part := await form.next_part()) is not None:
+        name = part.name
         if part.filename is not None or name in IMAGE_FIELDS:
             data = bytearray()
-            while chunk := await part.read_chunk(1 << 16):
+            async for chunk in part.chunks():
                 total += len(chunk)
                 if total > limit:
                     raise PayloadTooLarge(f"upload exceeds the limit of {limit} bytes")
                 data.extend(chunk)
             images.append(bytes(data))
         elif name in ("model", "version", "framework", "device", "node", "top_k", "trace"):
-            raw = await part.read_chunk(MAX_FIELD_BYTES + 1)
-            if len(raw) > MAX_FIELD_BYTES:
-                raise BadRequest(f"form field {name!r} is longer than {MAX_FIELD_BYTES} bytes")
-            fields[name] = raw.decode("utf-8", errors="replace").strip()
+            fields[name] = await part.field()
         else:
             raise BadRequest(
-                f"unknown form field {name!r}; send model, version, framework, device, top_k and image files"
+                f"unknown form field {name[:80]!r}; send model, version, framework, device, top_k and image files"
             )
     if not images:
         raise BadRequest("the form holds no image file; add one or more files under 'image'")

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from ..errors import CarmlError
 from ..trace.zipkin_store import SpanStore
-from . import api, bench_api, evaluations_api, events, feedback_api, kserve, models_api, utilisation_api, zipkin
+from . import api, bench_api, evaluations_api, events, feedback_api, forms, kserve, models_api, utilisation_api, zipkin
 from .auth import auth_headers, make_auth_middleware
 
 if TYPE_CHECKING:
@@ -46,6 +46,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(exc.status, str(exc), getattr(exc, "headers", None))
     except web.HTTPRequestEntityTooLarge:
         return error_response(413, f"request body exceeds the limit of {request.client_max_size} bytes")
+    except web.RequestPayloadError as exc:  # from any handler's request.read(): e.g. gzip that does not decompress
+        return error_response(400, f"the request body could not be read: {forms.reason(exc)}")
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise

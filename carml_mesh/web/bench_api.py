@@ -26,7 +26,7 @@ from aiohttp import web
 from ..bench.config import Offers, parse_config
 from ..bench.runner import BREAKDOWN_KEYS as BREAKDOWN_PARTS
 from ..bench.store import EXPORT_COLUMNS
-from ..errors import BadRequest, NotFound, ServiceError
+from ..errors import BadRequest, NotFound, ServiceError, UnsupportedMediaType
 from ..gossip.messages import State
 from . import peers
 
@@ -87,7 +87,7 @@ def offers(node: Node) -> Offers:
 async def start(request: web.Request) -> web.Response:
     node = _node(request)
     if request.content_type != "application/json":
-        raise BadRequest(f"send the benchmark as application/json, not {request.content_type or '(none)'}")
+        raise UnsupportedMediaType(f"send the benchmark as application/json, not {request.content_type or '(none)'}")
     try:
         doc = json.loads(await request.read())
     except (ValueError, RecursionError) as exc:
@@ -230,9 +230,10 @@ def openapi_paths() -> dict[str, Any]:
 
     def errors(*codes: int) -> dict[str, Any]:
         reasons = {
-            400: "Bad input; the message names the field",
+            400: "Bad input; the message names the field (or the query parameter: scope, limit, ids, format)",
             401: "The API token is missing or wrong",
             404: "No such run in the mesh",
+            415: "Not application/json",
             503: "The node runs as many benchmarks as it allows, or is starting or stopping",
         }
         return {str(c): {"description": reasons[c], "content": error} for c in codes}
@@ -316,27 +317,33 @@ def openapi_paths() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
                 "responses": {
                     **ok({"type": "object"}, "202", "Started: poll its url"),
-                    **errors(400, 401, 503),
+                    **errors(400, 401, 415, 503),
                 },
             },
             "get": {
                 "summary": "The runs of every member, newest first",
-                "parameters": [scope, {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
-                "responses": ok({"type": "object", "properties": {"runs": {"type": "array"}, "unreachable": {}}}),
+                "parameters": [
+                    scope,
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                ],
+                "responses": {
+                    **ok({"type": "object", "properties": {"runs": {"type": "array"}, "unreachable": {}}}),
+                    **errors(400, 503),
+                },
             },
         },
         "/api/benchmarks/compare": {
             "get": {
                 "summary": "Runs side by side, one row per configuration",
                 "parameters": [{"name": "ids", "in": "query", "required": True, "schema": {"type": "string"}}],
-                "responses": {**ok(obj), **errors(400, 404)},
+                "responses": {**ok(obj), **errors(400, 404, 503)},
             }
         },
         "/api/benchmarks/{id}": {
             "get": {
                 "summary": "One run: live progress while it runs, then its results",
                 "parameters": [run_id, scope],
-                "responses": {**ok(run), **errors(404)},
+                "responses": {**ok(run), **errors(400, 404, 503)},
             }
         },
         "/api/benchmarks/{id}/cancel": {
@@ -344,7 +351,7 @@ def openapi_paths() -> dict[str, Any]:
                 "summary": "Cancel a run; what it measured is kept",
                 "security": token,
                 "parameters": [run_id, scope],
-                "responses": {**ok(obj), **errors(401, 404)},
+                "responses": {**ok(obj), **errors(400, 401, 404, 503)},
             }
         },
         "/api/benchmarks/{id}/export": {
@@ -356,7 +363,7 @@ def openapi_paths() -> dict[str, Any]:
                         "description": "OK",
                         "content": {"text/csv": {"schema": {"type": "string"}}, "application/json": {"schema": obj}},
                     },
-                    **errors(400, 404),
+                    **errors(400, 404, 503),
                 },
             }
         },

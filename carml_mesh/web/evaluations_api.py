@@ -19,20 +19,18 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp import web
 
 from ..bench.config import Target
 from ..bench.datasets import DIGITS, Dataset
 from ..bench.evaluator import DEFAULT_BATCH_SIZE
 from ..errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
-from . import peers
+from . import forms, peers
 
 if TYPE_CHECKING:
     from ..node.node import Node
 
 MAX_JSON_BYTES = 64 << 10
-MAX_FIELD_BYTES = 4096
-PART_CHUNK = 1 << 16
 FIELDS = ("model", "version", "framework", "device", "node", "batch_size")
 ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
@@ -127,16 +125,13 @@ async def _multipart(request: web.Request, node: Node) -> tuple[dict[str, str], 
     """Form fields, and the 'dataset' part streamed to a temp file and opened as a checked zip."""
     evaluations = node.evaluations
     limit = evaluations.limits.max_total_bytes
-    try:
-        reader = await request.multipart()
-    except (ValueError, AssertionError) as exc:
-        raise BadRequest(f"malformed multipart body: {exc}") from None
+    form = await forms.open_form(request)
     fields: dict[str, str] = {}
     upload: Path | None = None
     filename = "upload.zip"
     try:
-        while (part := await _next_part(reader)) is not None:
-            name = part.name or ""
+        while (part := await form.next_part()) is not None:
+            name = part.name
             if name == "dataset":
                 if upload is not None:
                     raise BadRequest("the form holds two 'dataset' parts")
@@ -144,10 +139,7 @@ async def _multipart(request: web.Request, node: Node) -> tuple[dict[str, str], 
                 filename = Path(part.filename or filename).name[:100] or filename
                 await _save(part, upload, limit)
             elif name in FIELDS:
-                raw = await part.read_chunk(MAX_FIELD_BYTES + 1)
-                if len(raw) > MAX_FIELD_BYTES:
-                    raise BadRequest(f"form field {name!r} is longer than {MAX_FIELD_BYTES} bytes")
-                fields[name] = raw.decode("utf-8", errors="replace").strip()
+                fields[name] = await part.field()
             else:
                 raise BadRequest(f"unknown form field {name[:80]!r}; send {', '.join(FIELDS)} and a 'dataset' zip")
         if upload is None:
@@ -161,20 +153,10 @@ async def _multipart(request: web.Request, node: Node) -> tuple[dict[str, str], 
     return fields, dataset
 
 
-async def _next_part(reader: MultipartReader) -> BodyPartReader | None:
-    try:
-        part = await reader.next()
-    except ValueError as exc:
-        raise BadRequest(f"malformed multipart body: {exc}") from None
-    if part is not None and not isinstance(part, BodyPartReader):
-        raise BadRequest("nested multipart bodies are not accepted")
-    return part
-
-
-async def _save(part: BodyPartReader, path: Path, limit: int) -> None:
+async def _save(part: forms.FormPart, path: Path, limit: int) -> None:
     total = 0
     with path.open("wb") as f:
-        while chunk := await part.read_chunk(PART_CHUNK):
+        async for chunk in part.chunks():
             total += len(chunk)
             if total > limit:
                 raise PayloadTooLarge(f"the 'dataset' upload is over {limit} bytes")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ..errors import BadRequest, NotFound, UnsupportedMediaType
+from ..errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
 from ..manifest.schema import NAME_RE
 from ..store.feedback import (
     FeedbackStore,
@@ -71,7 +71,7 @@ async def post_feedback(request: web.Request) -> web.Response:
     if request.content_type != "application/json":
         raise UnsupportedMediaType("send a JSON body (Content-Type: application/json)")
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise BadRequest(f"the body is over {MAX_BODY_BYTES} bytes")
+        raise PayloadTooLarge(f"the body is over {MAX_BODY_BYTES} bytes")
     try:
         doc = json.loads(await request.read())
     except (ValueError, UnicodeDecodeError):

@@ -13,10 +13,9 @@ are ignored, artifacts go to temp files the store names, and manifest names are 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp import web
 
 from ..errors import (
     ArtifactMismatch,
@@ -33,12 +32,12 @@ from ..node.catalog import MAX_LABELS_BYTES
 from ..node.forward import FORWARDED
 from ..node.replication import alive_peers, choose_peers, parse_target, resolve_source
 from ..store.artifacts import Ingest
+from . import forms
 
 if TYPE_CHECKING:
     from ..node.node import Node
 
 ARTIFACT_PART = "artifact."
-PART_CHUNK = 1 << 16
 
 
 def _node(request: web.Request) -> Node:
@@ -75,20 +74,17 @@ async def publish(request: web.Request) -> web.Response:
         )
     replace = _flag(request, "replace")
     limit = node.config.max_artifact_bytes
-    try:
-        reader = await request.multipart()
-    except (ValueError, AssertionError) as exc:  # no boundary, or one aiohttp cannot use
-        raise BadRequest(f"malformed multipart body: {exc}") from None
+    form = await forms.open_form(request)
     manifest: Manifest | None = None
     labels: tuple[str, ...] | None = None
     staged: dict[str, Ingest] = {}
     try:
-        while (part := await _next_part(reader)) is not None:
-            name = part.name or ""
+        while (part := await form.next_part()) is not None:
+            name = part.name
             if name == "manifest":
                 if manifest is not None:
                     raise BadRequest("the form holds two 'manifest' parts")
-                text = await _read_text(part, MAX_MANIFEST_BYTES, "manifest")
+                text = await part.text(MAX_MANIFEST_BYTES, "manifest")
                 try:
                     manifest = parse_manifest_text(text, file="manifest")
                 except ManifestError as exc:
@@ -97,7 +93,7 @@ async def publish(request: web.Request) -> web.Response:
             elif name == "labels":
                 if labels is not None:
                     raise BadRequest("the form holds two 'labels' parts")
-                text = await _read_text(part, MAX_LABELS_BYTES, "labels")
+                text = await part.text(MAX_LABELS_BYTES, "labels")
                 labels = tuple(line.strip() for line in text.splitlines() if line.strip())
                 if not labels:
                     raise BadRequest("the 'labels' part holds no label (one per line)")
@@ -108,7 +104,7 @@ async def publish(request: web.Request) -> web.Response:
                 if manifest is not None and manifest.framework(framework) is None:
                     raise BadRequest(f"{name}: the manifest has no {framework} framework")
                 staged[framework] = ingest = node.store.ingest(limit=limit, label=name)
-                await ingest.feed(_chunks(part))
+                await ingest.feed(part.chunks())
             else:
                 allowed = ", ".join(f"{ARTIFACT_PART}{f}" for f in FRAMEWORKS)
                 raise BadRequest(f"unknown form part {name[:80]!r}; send 'manifest', {allowed} and optionally 'labels'")
@@ -124,33 +120,6 @@ async def publish(request: web.Request) -> web.Response:
             if not ingest.committed:
                 ingest.abort()
     return web.json_response(published.to_dict(), status=200)
-
-
-async def _next_part(reader: MultipartReader) -> BodyPartReader | None:
-    try:
-        part = await reader.next()
-    except ValueError as exc:  # e.g. the body does not start with the boundary
-        raise BadRequest(f"malformed multipart body: {exc}") from None
-    if part is not None and not isinstance(part, BodyPartReader):
-        raise BadRequest("nested multipart bodies are not accepted")
-    return part
-
-
-async def _read_text(part: BodyPartReader, limit: int, what: str) -> str:
-    data = bytearray()
-    while chunk := await part.read_chunk(PART_CHUNK):
-        data.extend(chunk)
-        if len(data) > limit:
-            raise PayloadTooLarge(f"the {what!r} part is over {limit} bytes")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadRequest(f"the {what!r} part is not UTF-8 text") from None
-
-
-async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
-    while chunk := await part.read_chunk(PART_CHUNK):
-        yield chunk
 
 
 # --- POST /api/models/pull ----------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from functools import cache
 from typing import Any
 
 from .. import __version__
+from .auth import Access, access_for
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -19,12 +20,19 @@ def _responses(ok: dict[str, Any], *errors: int) -> dict[str, Any]:
         409: "The name and version are published already (add ?replace=true), or cannot be withdrawn here",
         413: "Too large",
         415: "Unsupported Content-Type",
+        500: "The framework failed on input it had accepted",
         502: "A peer failed to supply an artifact, or served bytes that do not match their sha256",
-        503: "Worker unavailable or model not servable here",
+        503: "Worker unavailable or model not servable here, or no member could serve it within the deadline",
     }
     for code in errors:
         out[str(code)] = {"description": reasons[code], "content": {"application/json": {"schema": _ERROR}}}
     return out
+
+
+def _readiness(properties: dict[str, Any], ready: str, not_ready: str) -> dict[str, Any]:
+    """KServe readiness: the same JSON object with 200 or 503 (not an error: the answer is "not yet")."""
+    content = {"application/json": {"schema": {"type": "object", "required": ["ready"], "properties": properties}}}
+    return {"200": {"description": ready, "content": content}, "503": {"description": not_ready, "content": content}}
 
 
 def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
@@ -147,6 +155,7 @@ def _publishing_paths(model_path: dict[str, Any], version_path: dict[str, Any]) 
                     401,
                     404,
                     409,
+                    415,
                 ),
             }
         },
@@ -370,7 +379,7 @@ def _evaluations_paths() -> dict[str, Any]:
             "get": {
                 "summary": "One evaluation, with its progress while it runs; asks the peers when it is not here",
                 "parameters": [id_path, scope],
-                "responses": _responses(_json(evaluation), 404),
+                "responses": _responses(_json(evaluation), 400, 404),
             }
         },
         "/api/evaluations/{id}/cancel": {
@@ -378,7 +387,7 @@ def _evaluations_paths() -> dict[str, Any]:
                 "summary": "Cancel a running evaluation (on whichever node runs it)",
                 "security": [{"bearer": []}],
                 "parameters": [id_path, scope],
-                "responses": _responses(_json({"type": "object"}), 401, 404),
+                "responses": _responses(_json({"type": "object"}), 400, 401, 404),
             }
         },
     }
@@ -405,9 +414,13 @@ def openapi_document() -> dict[str, Any]:
             400,
             404,
             413,
+            500,
             503,
         ),
     }
+    model_ready = _readiness(
+        {"name": {"type": "string"}, "ready": {"type": "boolean"}}, "Loaded", "Not loaded by any worker here yet"
+    )
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
@@ -475,7 +488,7 @@ def openapi_document() -> dict[str, Any]:
                             },
                         },
                     },
-                    "responses": _responses(_json(ref("PredictResponse")), 400, 404, 413, 415, 503),
+                    "responses": _responses(_json(ref("PredictResponse")), 400, 404, 413, 415, 500, 503),
                 }
             },
             "/api/samples": {
@@ -497,7 +510,7 @@ def openapi_document() -> dict[str, Any]:
             "/v2/health/ready": {
                 "get": {
                     "summary": "KServe v2 readiness",
-                    "responses": {"200": {"description": "Ready"}, "503": {"description": "Still loading models"}},
+                    "responses": _readiness({"ready": {"type": "boolean"}}, "Ready", "Still loading models"),
                 }
             },
             "/v2/models/{name}": {
@@ -518,14 +531,14 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "summary": "KServe v2 model readiness",
                     "parameters": [model_path],
-                    "responses": _responses({"description": "OK"}, 404),
+                    "responses": {**model_ready, **_responses(model_ready["200"], 404)},
                 }
             },
             "/v2/models/{name}/versions/{version}/ready": {
                 "get": {
                     "summary": "KServe v2 model readiness",
                     "parameters": [model_path, version_path],
-                    "responses": _responses({"description": "OK"}, 404),
+                    "responses": {**model_ready, **_responses(model_ready["200"], 404)},
                 }
             },
             "/v2/models/{name}/infer": {"post": {**kserve_infer, "parameters": [model_path]}},
@@ -713,7 +726,62 @@ def openapi_document() -> dict[str, Any]:
     for path, methods in benchmark_paths().items():
         document["paths"].setdefault(path, {}).update(methods)
     from .utilisation_api import openapi_paths as utilisation_paths
+    from .zipkin import openapi_paths as zipkin_paths
 
-    for path, methods in utilisation_paths().items():
-        document["paths"].setdefault(path, {}).update(methods)
+    for paths in (utilisation_paths(), zipkin_paths(), _page_paths()):
+        for path, methods in paths.items():
+            document["paths"].setdefault(path, {}).update(methods)
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            _add_common_answers(path, method, operation)
     return document
+
+
+def _add_common_answers(path: str, method: str, operation: dict[str, Any]) -> None:
+    """What every operation can answer besides its own: 401 where auth.py's rules ask for the token (and the
+    security that says when), and 400 and 413 where there is a body (malformed; over --max-body-mb)."""
+    responses = operation["responses"]
+    access = access_for(method.upper(), path)
+    if access is Access.MUTATE:
+        operation["security"] = [{"bearer": []}]
+    elif access is Access.READ:
+        operation["security"] = [{}, {"bearer": []}]  # the token is needed only with --protect-all
+    else:
+        operation.pop("security", None)
+    codes = [401] if access is not Access.OPEN else []
+    if "requestBody" in operation:
+        codes += [400, 413]
+    for code in codes:
+        responses.setdefault(str(code), _responses({}, code)[str(code)])
+
+
+def _page_paths() -> dict[str, Any]:
+    """The page (web/app.py): its HTML, its scripts and styles, and the bundled sample images."""
+    file = {"name": "file", "in": "path", "required": True, "schema": {"type": "string"}}
+    missing = {"description": "No such file", "content": {"application/json": {"schema": _ERROR}}}
+    return {
+        "/": {
+            "get": {
+                "summary": "The page: try models, publish, benchmark, watch the cluster",
+                "responses": {"200": {"description": "OK", "content": {"text/html": {}}}},
+            }
+        },
+        "/static/{file}": {
+            "get": {
+                "summary": "The page's scripts",
+                "parameters": [file],
+                "responses": {
+                    "200": {"description": "OK", "content": {"application/javascript": {}, "text/html": {}}},
+                    "403": {**missing, "description": "A folder (never listed)"},
+                    "404": missing,
+                },
+            }
+        },
+        "/samples/{file}": {
+            "get": {
+                "summary": "A bundled sample image (see /api/samples)",
+                "parameters": [file],
+                "responses": {"200": {"description": "OK", "content": {"image/*": {}}}, "404": missing},
+            }
+        },
+    }

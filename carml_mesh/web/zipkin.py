@@ -263,3 +263,139 @@ class _ZipkinApi:
         except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError, BadRequest) as exc:
             log.info("peer %s left out of %s: %s", base, path, str(exc) or type(exc).__name__)
             return []
+
+
+# --- the OpenAPI paths (merged into web/openapi.py's document) ------------------------------------------------------
+
+
+def openapi_paths() -> dict[str, Any]:
+    """The routes above in OpenAPI 3.1, after specs/zipkin2-api.yaml (Swagger 2.0), with the choices made here."""
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    hex_id = {"type": "string", "pattern": "^[a-f0-9]{16}$"}
+    endpoint = {
+        "type": "object",
+        "properties": {
+            "serviceName": {"type": "string"},
+            "ipv4": {"type": "string"},
+            "ipv6": {"type": "string"},
+            "port": {"type": "integer"},
+        },
+    }
+    span = {
+        "type": "object",
+        "required": ["traceId", "id"],
+        "properties": {
+            "traceId": {"type": "string", "pattern": "^[a-f0-9]{16,32}$"},
+            "name": {"type": "string"},
+            "parentId": hex_id,
+            "id": hex_id,
+            "kind": {"enum": ["CLIENT", "SERVER", "PRODUCER", "CONSUMER"]},
+            "timestamp": {"type": "integer", "minimum": 0, "description": "epoch microseconds"},
+            "duration": {"type": "integer", "minimum": 0, "description": "microseconds"},
+            "debug": {"type": "boolean"},
+            "shared": {"type": "boolean"},
+            "localEndpoint": endpoint,
+            "remoteEndpoint": endpoint,
+            "annotations": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["timestamp", "value"],
+                    "properties": {"timestamp": {"type": "integer"}, "value": {"type": "string"}},
+                },
+            },
+            "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    }
+    spans = {"type": "array", "items": span}
+    names = {"type": "array", "items": {"type": "string"}}
+    link = {
+        "type": "object",
+        "required": ["parent", "child", "callCount"],
+        "properties": {
+            "parent": {"type": "string"},
+            "child": {"type": "string"},
+            "callCount": {"type": "integer"},
+            "errorCount": {"type": "integer"},
+        },
+    }
+
+    def query(name: str, *, required: bool = False, integer: bool = False, about: str = "") -> dict[str, Any]:
+        schema = {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1} if integer else {"type": "string"}
+        param = {"name": name, "in": "query", "required": required, "schema": schema}
+        return {**param, "description": about} if about else param
+
+    def ok(schema: dict[str, Any], *errors: int, summary: str, parameters: list[Any] | None = None) -> dict[str, Any]:
+        reasons = {400: "A query parameter is missing or malformed", 404: "No span of the trace on any node"}
+        responses: dict[str, Any] = {"200": {"description": "OK", "content": {"application/json": {"schema": schema}}}}
+        responses.update({str(c): {"description": reasons[c], "content": error} for c in errors})
+        return {"get": {"summary": summary, "parameters": parameters or [], "responses": responses}}
+
+    service = query("serviceName", required=True, about="lower-case label of a node in the service graph")
+    return {
+        f"{API}/spans": {
+            "post": {
+                "summary": "Zipkin v2: upload spans (JSON; gzip or deflate Content-Encoding undone)",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": spans}, "application/octet-stream": {}},
+                },
+                "responses": {
+                    "202": {"description": "Accepted (spans past the store's retention are dropped)"},
+                    "415": {"description": "Not Zipkin v2 JSON (protobuf, thrift, a form)", "content": error},
+                },
+            },
+            **ok(names, 400, summary="Zipkin v2: the span names of a service", parameters=[service]),
+        },
+        f"{API}/services": ok(names, summary="Zipkin v2: the service names in this node's store"),
+        f"{API}/remoteServices": ok(
+            names, 400, summary="Zipkin v2: the remote service names of a service", parameters=[service]
+        ),
+        f"{API}/traces": ok(
+            {"type": "array", "items": spans},
+            400,
+            summary="Zipkin v2: traces in this node's store that match the query",
+            parameters=[
+                query("serviceName"),
+                query("spanName"),
+                query("remoteServiceName"),
+                query("annotationQuery", about="e.g. http.uri=/foo and retried"),
+                query("minDuration", integer=True, about="microseconds"),
+                query("maxDuration", integer=True, about="microseconds"),
+                query("endTs", integer=True, about="epoch milliseconds"),
+                query("lookback", integer=True, about="milliseconds before endTs"),
+                query("limit", integer=True),
+            ],
+        ),
+        f"{API}/trace/{{traceId}}": ok(
+            spans,
+            400,
+            404,
+            summary="Zipkin v2: one trace, assembled from this node's spans and every peer's",
+            parameters=[
+                {
+                    "name": "traceId",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": "16 or 32 hex digits",
+                }
+            ],
+        ),
+        f"{API}/traceMany": ok(
+            {"type": "array", "items": spans},
+            400,
+            summary="Zipkin v2: several traces by id, from this node and every peer",
+            parameters=[query("traceIds", required=True, about="two or more comma-separated trace ids")],
+        ),
+        f"{API}/dependencies": ok(
+            {"type": "array", "items": link},
+            400,
+            summary="Zipkin v2: the service dependency links in this node's store",
+            parameters=[query("endTs", required=True, integer=True), query("lookback", integer=True)],
+        ),
+        f"{API}/autocompleteKeys": ok(names, summary="Zipkin v2: autocomplete keys (none are configured: [])"),
+        f"{API}/autocompleteValues": ok(
+            names, 400, summary="Zipkin v2: an autocomplete key's values ([])", parameters=[query("key", required=True)]
+        ),
+    }

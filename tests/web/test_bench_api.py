@@ -127,7 +127,7 @@ async def test_other_bad_requests(http: aiohttp.ClientSession) -> None:
     async with http.post("/api/benchmarks", data=b"{nope", headers={"Content-Type": "application/json"}) as resp:
         assert resp.status == 400 and "malformed JSON" in (await resp.json())["error"]
     async with http.post("/api/benchmarks", data=b"x", headers={"Content-Type": "text/plain"}) as resp:
-        assert resp.status == 400 and "application/json" in (await resp.json())["error"]
+        assert resp.status == 415 and "application/json" in (await resp.json())["error"]
     for method, path in [
         ("GET", "/api/benchmarks/feedfacefeedface"),
         ("GET", "/api/benchmarks/feedfacefeedface/export"),
