@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ..errors import CarmlError
+from ..errors import CarmlError, NotFound
 from ..trace.zipkin_store import SpanStore
 from . import api, bench_api, evaluations_api, events, feedback_api, forms, kserve, models_api, utilisation_api, zipkin
 from .auth import auth_headers, make_auth_middleware
@@ -22,6 +22,7 @@ log = logging.getLogger("carml.web")
 NODE: web.AppKey[Node] = web.AppKey("node")
 TRACE_STORE: web.AppKey[SpanStore] = web.AppKey("trace_store")
 STATIC = Path(__file__).parent / "static"
+STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -73,18 +74,33 @@ def make_app(node: Node) -> web.Application:
     app[TRACE_STORE] = SpanStore()
     zipkin.add_routes(app, TRACE_STORE, peers=node.peer_urls, peer_headers=auth_headers(node.config.api_token))
     app.router.add_get("/", _index)
-    app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)
+    app.router.add_get("/static/{file}", _static)
     app.router.add_get("/samples/{file}", _sample)
     return app
 
 
-async def _sample(request: web.Request) -> web.FileResponse:
-    """A bundled sample image; one plain file name, nothing else (no traversal, no folders, no dotfiles)."""
-    folder = request.app[NODE].config.samples_dir
+def _file_in(folder: Path | None, request: web.Request, what: str) -> Path:
+    """One plain file name in ``folder``, nothing else (no traversal, no folders, no dotfiles); else a JSON 404.
+
+    Checked here rather than left to FileResponse or add_static, which answer a missing file with an empty
+    application/octet-stream 404 that the errors middleware never sees."""
     name = request.match_info["file"]
     if folder is None or "/" in name or "\\" in name or name.startswith(".") or not (folder / name).is_file():
-        raise web.HTTPNotFound(text=f"no sample named {name!r}")
-    return web.FileResponse(folder / name, headers={"Cache-Control": "max-age=3600"})
+        raise NotFound(f"no {what} named {name[:80]!r}")
+    return folder / name
+
+
+async def _sample(request: web.Request) -> web.FileResponse:
+    """A bundled sample image."""
+    path = _file_in(request.app[NODE].config.samples_dir, request, "sample")
+    return web.FileResponse(path, headers={"Cache-Control": "max-age=3600"})
+
+
+async def _static(request: web.Request) -> web.FileResponse:
+    """One of the page's scripts or styles (the folder is flat), typed by its suffix, not by the host's mime.types."""
+    path = _file_in(STATIC, request, "file of the page")
+    content_type = STATIC_TYPES.get(path.suffix, "application/octet-stream")
+    return web.FileResponse(path, headers={"Cache-Control": "no-cache", "Content-Type": content_type})
 
 
 async def _index(request: web.Request) -> web.FileResponse:

@@ -768,11 +768,10 @@ def _page_paths() -> dict[str, Any]:
         },
         "/static/{file}": {
             "get": {
-                "summary": "The page's scripts",
+                "summary": "The page's scripts and styles",
                 "parameters": [file],
                 "responses": {
-                    "200": {"description": "OK", "content": {"application/javascript": {}, "text/html": {}}},
-                    "403": {**missing, "description": "A folder (never listed)"},
+                    "200": {"description": "OK", "content": {"text/javascript": {}, "text/css": {}, "text/html": {}}},
                     "404": missing,
                 },
             }
