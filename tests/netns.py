@@ -172,3 +172,29 @@ def netns_unavailable() -> str | None:
     except (NetnsError, OSError) as exc:
         return f"cannot build a network namespace: {exc}"
     return None
+
+
+LOSS_CHAINS = {"INPUT": "-i", "OUTPUT": "-o"}  # the chain and how its rule names eth0
+
+
+@contextlib.contextmanager
+def packet_loss(hosts: Sequence[Host], probability: float, *, chains: Sequence[str] = ("INPUT",)) -> Iterator[None]:
+    """Drop each packet through eth0 (UDP and TCP alike, loopback spared) with ``probability``, in ``chains`` of
+    every host: iptables' statistic match, as this kernel has no tc netem. INPUT alone loses each LAN packet once
+    with ``probability``; INPUT and OUTPUT lose it with 1 - (1 - p)^2. Rules removed on exit (or with the LAN)."""
+    if not 0.0 <= probability <= 1.0:
+        raise ValueError(f"probability must be in [0, 1], got {probability}")
+    added: list[tuple[Host, list[str]]] = []
+    try:
+        for host in hosts:
+            for chain in chains:
+                rule = [chain, LOSS_CHAINS[chain], "eth0", "-m", "statistic", "--mode", "random"]
+                rule += ["--probability", f"{probability:.6f}", "-j", "DROP"]
+                if probability > 0:
+                    _cmd("ip", "netns", "exec", host.ns, "iptables", "-I", *rule)
+                    added.append((host, rule))
+        yield
+    finally:
+        for host, rule in added:
+            if namespace_exists(host.ns):
+                _cmd("ip", "netns", "exec", host.ns, "iptables", "-D", *rule, check=False)

@@ -28,6 +28,13 @@ class GossipConfig:
     push_pull_interval: float = 30.0
     awareness_max_multiplier: int = 8
     tcp_fallback: bool = True  # memberlist's DisableTcpPings = false
+    # A TCP fallback still in flight when the probe interval ends may answer this much later before we suspect: a
+    # lost SYN or SYN-ACK is sent again only after 1 s (Linux's initial RTO), so on a lossy link memberlist's half
+    # interval is too short for a fallback that would succeed. A crashed process answers with a reset at once.
+    tcp_ping_grace: float = 1.0
+    # While we hold a member as suspect we tell it so directly, this often, until it refutes or dies: gossip alone
+    # may miss it (4 transmits per node at N = 8), and an unrefuted suspicion is a false death.
+    suspect_reminder_interval: float = 0.5
     # Serf's reconnect: push-pull with a random failed member now and then, so a healed partition merges again
     reconnect_interval: float = 30.0
     reconnect_timeout: float = 24 * 3600.0  # how long a failed member stays a reconnect candidate

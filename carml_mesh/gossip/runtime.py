@@ -187,6 +187,7 @@ class Gossip:
             "refutations": s.refutations,
             "deaths_declared": s.deaths,
             "push_pulls": s.push_pulls,
+            "push_pull_failures": self.counters["push_pull_failures"],
             "stale_dropped": s.stale_dropped,
             "awareness": m.awareness,
             "dropped": {k.removeprefix("drop_"): v for k, v in self.counters.items() if k.startswith("drop_")},
@@ -330,11 +331,16 @@ class Gossip:
         m = self._machine()
         try:
             answer = await self._exchange(ping.addr, [Ping(ping.seq, ping.target, m.name, m.config.addr)])
-        except GossipError:
+        except GossipError as exc:
+            m.tcp_ping_failed(self._now(), ping.seq, repr(exc.__cause__ or exc))
+            self._wake.set()  # the probe may end now
             return
         if any(isinstance(x, Ack) and x.seq == ping.seq for x in answer):
             self.counters["tcp_acks"] += 1
             self._apply(m.handle_ack(self._now(), ping.seq))
+        else:
+            m.tcp_ping_failed(self._now(), ping.seq, "answered without the ack")
+            self._wake.set()
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)

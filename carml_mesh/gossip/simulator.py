@@ -2,11 +2,14 @@
 
 Packets go through the real codec (encode, then decode at the receiver), drop with probability ``loss`` and arrive
 after a random latency. TCP exchanges (fallback pings, push-pull) are reliable but fail across a partition or to a
-dead node, as a refused connection would. Everything is deterministic for a given seed.
+dead node, as a refused connection would; with ``tcp_loss`` their segments drop with ``loss`` too, and cost what
+Linux's retransmissions cost (a lost SYN or SYN-ACK 1 s, then 2 s, ...; lost data 200 ms, doubling), as on a lossy
+link that drops every kind of packet. Everything is deterministic for a given seed.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import random
@@ -18,6 +21,10 @@ from . import codec
 from .config import GossipConfig
 from .messages import Address, State
 from .state import Effect, Event, Membership, PushPullWith, Send, TcpPing
+
+TCP_SYN_RTO = 1.0  # Linux's initial retransmission timeout: a lost SYN or SYN-ACK goes again after 1 s, 2 s, ...
+TCP_SYN_RETRIES = 6  # net.ipv4.tcp_syn_retries
+TCP_DATA_RTO = 0.2  # its minimum RTO for data, once the handshake measured a LAN round trip
 
 
 @dataclass
@@ -36,12 +43,14 @@ class Simulation:
         *,
         seed: int = 0,
         loss: float = 0.0,
+        tcp_loss: bool = False,
         latency: tuple[float, float] = (0.0002, 0.002),
         config: Callable[[str, Address], GossipConfig] | None = None,
     ) -> None:
         self.now = 0.0
         self.rng = random.Random(seed)
         self.loss = loss
+        self.tcp_loss = tcp_loss
         self.latency = latency
         self.nodes: dict[str, SimNode] = {}
         self.by_addr: dict[Address, str] = {}
@@ -153,13 +162,22 @@ class Simulation:
                     and self._reachable(name, target)
                     and self.nodes[target].membership.name == effect.target
                 ):
+                    took = self._tcp_exchange()
+                    if took is None or took > m.config.tcp_timeout:
+                        self.at(m.config.tcp_timeout, functools.partial(self._tcp_failed, name, effect.seq, "timeout"))
+                    else:
+                        self.at(took, functools.partial(self._deliver_ack, name, effect.seq))
+                elif target is not None and self.partition.get(name, 0) == self.partition.get(target, 0):
+                    # a crashed process's host answers the SYN with a reset (a new member there answers without
+                    # the ack): the fallback fails at once; across a partition it just never answers
                     rtt = 2 * self.rng.uniform(*self.latency)
-                    self.at(rtt, lambda seq=effect.seq: self._deliver_ack(name, seq))
+                    self.at(rtt, functools.partial(self._tcp_failed, name, effect.seq, "connection refused"))
             elif isinstance(effect, PushPullWith):
                 target = self.by_addr.get(effect.addr)
                 if target is not None and self._reachable(name, target):
-                    rtt = 2 * self.rng.uniform(*self.latency)
-                    self.at(rtt, lambda t=target, j=effect.join: self._push_pull(name, t, j))
+                    took = self._tcp_exchange()
+                    if took is not None and took <= m.config.tcp_timeout:
+                        self.at(took, functools.partial(self._push_pull, name, target, effect.join))
             elif isinstance(effect, Event):
                 node.events.append((self.now, effect))
         if node.up:
@@ -191,6 +209,31 @@ class Simulation:
         node = self.nodes[name]
         if node.up:
             self._apply(name, node.membership.handle_ack(self.now, seq))
+
+    def _tcp_exchange(self) -> float | None:
+        """How long a request and its answer over a new TCP connection take; None if the connection never opens."""
+        if not self.tcp_loss:
+            return 2 * self.rng.uniform(*self.latency)
+        took, backoff = 0.0, TCP_SYN_RTO
+        for _ in range(TCP_SYN_RETRIES + 1):
+            if self.rng.random() >= self.loss and self.rng.random() >= self.loss:  # the SYN and the SYN-ACK
+                break
+            took, backoff = took + backoff, backoff * 2
+        else:
+            return None
+        took += 2 * self.rng.uniform(*self.latency)
+        for _ in ("request", "answer"):
+            backoff = TCP_DATA_RTO
+            while self.rng.random() < self.loss:
+                took, backoff = took + backoff, backoff * 2
+            took += self.rng.uniform(*self.latency)
+        return took
+
+    def _tcp_failed(self, name: str, seq: int, why: str) -> None:
+        node = self.nodes[name]
+        if node.up:
+            node.membership.tcp_ping_failed(self.now, seq, why)
+            self._apply(name, [])  # reschedules its tick: the probe may end now
 
     def _push_pull(self, a: str, b: str, join: bool) -> None:
         na, nb = self.nodes[a], self.nodes[b]

@@ -20,6 +20,7 @@ What it implements, with memberlist's names where they exist:
 from __future__ import annotations
 
 import enum
+import logging
 import math
 import random
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ from .messages import (
     State,
     Suspect,
 )
+
+log = logging.getLogger("carml.gossip")
 
 # --- effects ------------------------------------------------------------------------------------------------------
 
@@ -115,6 +118,7 @@ class _Suspicion:
     min_timeout: float
     max_timeout: float
     confirmers: set[str]
+    next_reminder: float = 0.0  # when we tell the suspect again (suspect_reminder_interval)
 
     def deadline(self) -> float:
         confirmations = len(self.confirmers) - 1
@@ -130,11 +134,13 @@ class _Probe:
     target: str
     start: float
     indirect_at: float  # direct ping unanswered by then → indirect pings + TCP fallback
-    end: float  # no ack by then → suspect
+    end: float  # no ack by then → suspect (unless the TCP fallback is still in flight: tcp_end)
+    tcp_end: float = 0.0
     acked: bool = False
     indirect_sent: bool = False
     expected_nacks: int = 0
     nacks: int = 0
+    tcp: str = "not tried"  # how the fallback went, for the log of a failed probe
 
 
 @dataclass
@@ -243,8 +249,9 @@ class Membership:
         if self._probe is None:
             deadlines.append(self._next_probe)
         else:
-            deadlines.append(self._probe.end if self._probe.indirect_sent else self._probe.indirect_at)
+            deadlines.append(self._probe_end(self._probe) if self._probe.indirect_sent else self._probe.indirect_at)
         deadlines += [s.deadline() for s in self._suspicions.values()]
+        deadlines += [s.next_reminder for s in self._suspicions.values()]
         deadlines += [r.expires for r in self._relays.values()]
         return min(deadlines)
 
@@ -290,6 +297,7 @@ class Membership:
             self._advance_probe(now, effects)
         # after the probe: its failure may confirm a suspicion and bring that deadline to now or before
         self._expire_suspicions(now, effects)
+        self._remind_suspects(now, effects)
         if now >= self._next_probe and self._probe is None:
             self._start_probe(now, effects)
         if now >= self._next_gossip:
@@ -332,6 +340,12 @@ class Membership:
         self._on_ack(now, seq, effects)
         return effects
 
+    def tcp_ping_failed(self, now: float, seq: int, why: str) -> None:
+        """The TCP fallback of probe ``seq`` got no ack (``why``): the probe need not wait for it past its interval.
+        The caller ticks next (``next_deadline`` may have moved to now)."""
+        if self._probe is not None and self._probe.seq == seq and self._probe.tcp == "pending":
+            self._probe.tcp = f"failed after {now - self._probe.indirect_at:.2f} s: {why}"
+
     def merge_remote_state(self, now: float, remote: PushPull) -> list[Effect]:
         """memberlist's mergeState: alive as alive, left as left, suspect and dead as suspicion (not yet death)."""
         self.stats.push_pulls += 1
@@ -366,9 +380,9 @@ class Membership:
         elif isinstance(msg, Alive):
             self._alive(now, msg, effects)
         elif isinstance(msg, Suspect):
-            self._suspect(now, msg, effects)
+            self._suspect(now, msg, effects, sender)
         elif isinstance(msg, Dead):
-            self._dead(now, msg, effects)
+            self._dead(now, msg, effects, sender)
         else:  # PushPull travels over TCP only; one in a datagram is ignored
             self.stats.extra["pushpull_over_udp"] = self.stats.extra.get("pushpull_over_udp", 0) + 1
 
@@ -421,13 +435,27 @@ class Membership:
                 effects.append(self._packet(helper.addr, [req]))
             if self.config.tcp_fallback:
                 self.stats.tcp_fallbacks += 1
+                probe.tcp = "pending"
+                probe.tcp_end = probe.end + self.config.tcp_ping_grace
                 effects.append(TcpPing(target.addr, probe.seq, target.name))
-        if now >= probe.end:
+        if now >= self._probe_end(probe):
             self.stats.probe_failures += 1
+            log.info(
+                "probe of %s failed: no ack in %.2f s (%d/%d nacks; TCP ping %s)",
+                target.name,
+                now - probe.start,
+                probe.nacks,
+                probe.expected_nacks,
+                probe.tcp,
+            )
             # Lifeguard: if the helpers' nacks did not come back either, the trouble may be ours
             self._adjust_awareness(1 + max(0, probe.expected_nacks - probe.nacks))
             self._suspect(now, Suspect(target.incarnation, target.name, self.name), effects)
             self._finish_probe(now)
+
+    @staticmethod
+    def _probe_end(probe: _Probe) -> float:
+        return max(probe.end, probe.tcp_end) if probe.tcp == "pending" else probe.end
 
     def _finish_probe(self, now: float) -> None:
         probe = self._probe
@@ -511,11 +539,12 @@ class Membership:
         if changed and old_state not in (State.DEAD, State.LEFT):
             effects.append(Event(EventKind.UPDATE, m.snapshot()))
 
-    def _suspect(self, now: float, s: Suspect, effects: list[Effect]) -> None:
+    def _suspect(self, now: float, s: Suspect, effects: list[Effect], sender: Address | None = None) -> None:
         if s.node == self.name:
             if not self.leaving and s.incarnation >= self.incarnation:
                 self._refute(s.incarnation)
                 self._adjust_awareness(1)  # Lifeguard: being suspected hints that we answer too slowly
+            self._answer_accuser(sender, effects)
             return
         m = self.members.get(s.node)
         if m is None or s.incarnation < m.incarnation:
@@ -540,12 +569,23 @@ class Membership:
             s.incarnation, now, k, low, self.config.suspicion_max_timeout_mult * low, {s.source}
         )
         self._queue_broadcast(s.node, s)
+        self._remind_suspects(now, effects)  # the suspect hears it from us now, not only if gossip picks it
+        log.info(
+            "suspect %s (incarnation %d) from %s: dead in %.1f s unless refuted (%.1f s with %d confirmations)",
+            s.node,
+            s.incarnation,
+            s.source,
+            self._suspicions[s.node].max_timeout,
+            low,
+            k,
+        )
         effects.append(Event(EventKind.SUSPECT, m.snapshot()))
 
-    def _dead(self, now: float, d: Dead, effects: list[Effect]) -> None:
+    def _dead(self, now: float, d: Dead, effects: list[Effect], sender: Address | None = None) -> None:
         if d.node == self.name:
             if not self.leaving and d.incarnation >= self.incarnation:  # a stale accusation is not refuted again
                 self._refute(d.incarnation)
+            self._answer_accuser(sender, effects)
             return
         m = self.members.get(d.node)
         if m is None or d.incarnation < m.incarnation:
@@ -569,11 +609,40 @@ class Membership:
         self.incarnation = max(self.incarnation, incarnation) + 1
         self.members[self.name].incarnation = self.incarnation
         self.stats.refutations += 1
+        log.info("refuting news about us at incarnation %d: now %d", incarnation, self.incarnation)
         self._queue_broadcast(self.name, Alive(self.incarnation, self.name, self.config.addr, dict(self.meta)))
+
+    def _answer_accuser(self, sender: Address | None, effects: list[Effect]) -> None:
+        """Whoever sent us news of our suspicion or death gets our current Alive straight back, refuted now or
+        before: the broadcast of a refutation may miss it (and a stale accusation means it missed one already)."""
+        if sender is None or self.leaving or sender == self.config.addr:
+            return
+        alive = Alive(self.incarnation, self.name, self.config.addr, dict(self.meta))
+        effects.append(self._packet(sender, [codec.encode_message(alive)]))
+
+    def _remind_suspects(self, now: float, effects: list[Effect]) -> None:
+        """Tell each member we suspect so, directly and again every suspect_reminder_interval, so that it refutes
+        in time (it answers with its Alive: _answer_accuser)."""
+        for name, suspicion in self._suspicions.items():
+            m = self.members.get(name)
+            if m is None or now < suspicion.next_reminder:
+                continue
+            suspicion.next_reminder = now + self.config.suspect_reminder_interval
+            accusation = Suspect(suspicion.incarnation, name, self.name)
+            # nothing rides along: a suspect may well be dead, and each broadcast has only so many transmits
+            effects.append(self._packet(m.addr, [codec.encode_message(accusation)], piggyback=False))
 
     def _expire_suspicions(self, now: float, effects: list[Effect]) -> None:
         for name, suspicion in list(self._suspicions.items()):
             if now >= suspicion.deadline():
+                log.info(
+                    "%s declared dead: suspect for %.1f s at incarnation %d, %d confirmations (from %s)",
+                    name,
+                    now - suspicion.start,
+                    suspicion.incarnation,
+                    len(suspicion.confirmers) - 1,
+                    ", ".join(sorted(suspicion.confirmers)),
+                )
                 self._dead(now, Dead(suspicion.incarnation, name, self.name), effects)
 
     def _expire_relays(self, now: float, effects: list[Effect]) -> None:
@@ -605,16 +674,16 @@ class Membership:
         self._order += 1
         self._broadcasts.append(_Broadcast(key, codec.encode_message(msg), self._order))
 
-    def _packet(self, addr: Address, primary: list[bytes]) -> Send:
+    def _packet(self, addr: Address, primary: list[bytes], *, piggyback: bool = True) -> Send:
         """A packet with ``primary`` messages, topped up with broadcasts that still fit (fewest transmits first)."""
         budget = self.config.max_packet - self._overhead - sum(len(p) + 1 for p in primary)
         messages = list(primary)
-        if self._broadcasts and budget > 0:
+        if piggyback and self._broadcasts and budget > 0:
             limit = retransmit_limit(self.config.retransmit_mult, len(self.members))
             for b in sorted(self._broadcasts, key=lambda b: (b.transmits, -b.order)):
                 if len(messages) >= codec.MAX_MESSAGES:  # a large max_packet must not make an unencodable packet
                     break
-                if len(b.payload) + 1 > budget:
+                if len(b.payload) + 1 > budget or b.payload in primary:
                     continue
                 budget -= len(b.payload) + 1
                 messages.append(b.payload)

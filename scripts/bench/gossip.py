@@ -1,9 +1,11 @@
 """Gossip membership (SWIM + Lifeguard) measured against HashiCorp memberlist: simulated N = 8..512, real sockets.
 
     .venv/bin/python scripts/bench/gossip.py [--quick] [--sizes 8,32,128,512] [--seeds K] [--seconds 60]
-                                             [--jobs 2] [--part all|sim|real] [--no-substitute]
+                                             [--jobs 2] [--part all|sim|real|netns] [--no-substitute]
+    sudo .venv/bin/python scripts/bench/gossip.py --part netns [--netns-runs 10] [--netns-losses 0,0.1,0.3]
 
 The default run takes ~5 minutes on 2 cores (part A ~4 min of it, 8 of its CPU minutes); --quick under a minute.
+Part C (--part netns only, root) takes ~90 s per run: ~25 minutes with its defaults.
 
 A. Simulated: carml_mesh.gossip.simulator.Simulation (virtual clock, every packet through the real codec, latency
    0.2-2 ms each way, memberlist's LAN defaults from GossipConfig, node cards as the node gossips them). Fixed seeds,
@@ -32,6 +34,8 @@ B. Real sockets: N carml_mesh.gossip.runtime.Gossip instances in this one proces
    sent per node per second over 20 s of quiet (statistics()["bytes_out"]); update_meta on one node, wall time until
    every other node has it; one node closed without leaving (aclose(leave=False)), wall time until every survivor
    marks it DEAD. Then every Gossip is closed and the script checks that no task and no file descriptor is left.
+C. Real carml-node processes, N = 8, in network namespaces with iptables packet loss (UDP and TCP): false deaths
+   per run over --seconds of loss and kill -> all survivors agree DEAD, at 0, 10 and 30 % loss; see gossip_netns.py.
 
 Times in part A are exact event times (Events in SimNode.events), not polling instants; in part B they are taken in
 the event listener, as the runtime reports each event.
@@ -51,6 +55,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from carml_mesh.gossip import codec
@@ -59,6 +64,9 @@ from carml_mesh.gossip.messages import Address, State
 from carml_mesh.gossip.runtime import Gossip
 from carml_mesh.gossip.simulator import Simulation
 from carml_mesh.gossip.state import Event, EventKind, Membership
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gossip_netns import part_c
 
 # --- memberlist's figures, as the project was given them (nothing here is measured by this script) -----------------
 ML_DETECT_N8_S = 6.0  # memberlist, measured on this machine kind: N = 8, LAN defaults, kill one, all survivors DEAD
@@ -512,7 +520,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None, help="seeds per N for every simulated figure")
     parser.add_argument("--seconds", type=float, default=60.0, help="false-death window, virtual s (default 60)")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="simulation processes")
-    parser.add_argument("--part", choices=("all", "sim", "real"), default="all")
+    parser.add_argument("--part", choices=("all", "sim", "real", "netns"), default="all")
+    parser.add_argument("--netns-losses", default="0,0.1,0.3", help="part C: loss probabilities, comma-separated")
+    parser.add_argument("--netns-runs", type=int, default=10, help="part C: runs at 30 %% loss (and above)")
+    parser.add_argument("--netns-low-runs", type=int, default=3, help="part C: runs at each lower loss")
+    parser.add_argument("--netns-chains", default="INPUT", help="part C: INPUT or INPUT,OUTPUT (loss both ways)")
+    parser.add_argument("--netns-logs", type=Path, default=None, help="part C: keep the logs of runs with deaths")
     parser.add_argument(
         "--no-substitute",
         action="store_true",
@@ -524,6 +537,12 @@ def main() -> None:
     if args.quick and args.seeds is None:
         chain_seeds, fd_seeds = 4, 2
     t0 = time.perf_counter()
+    if args.part == "netns":
+        losses = [float(x) for x in args.netns_losses.split(",") if x]
+        chains = [c.strip().upper() for c in args.netns_chains.split(",") if c.strip()]
+        print("\n".join(part_c(losses, args.netns_runs, args.netns_low_runs, args.seconds, chains, args.netns_logs)))
+        print(f"\n{sys.executable} {' '.join(sys.argv)}: {time.perf_counter() - t0:.0f} s wall")
+        return
     real = asyncio.run(part_b(10.0 if args.quick else REAL_QUIET_S)) if args.part in ("all", "real") else []
     if args.part in ("all", "sim"):
         part_a(sorted(sizes), chain_seeds, fd_seeds, args.seconds, max(1, args.jobs), not args.no_substitute)

@@ -172,23 +172,28 @@ def test_no_false_death_under_packet_loss_thanks_to_the_tcp_fallback(loss: float
     assert sum(node.membership.stats.tcp_fallbacks for node in sim.nodes.values()) > 0
 
 
-def test_without_the_tcp_fallback_heavy_loss_does_cause_false_deaths() -> None:
-    """The counterpart of the test above: the same clusters, fallback off, 30 % loss. Some seeds see nodes taken
-    for dead (they refute later), which is what the TCP ping prevents."""
-    false_deaths = {}
-    for seed in range(16):
+def test_without_the_tcp_fallback_heavy_loss_raises_suspicions_that_are_all_refuted_in_time() -> None:
+    """The counterpart of the test above: the same clusters, fallback off, 30 % loss. Suspicions are everyday events
+    then, and every one is refuted before it times out: each holder tells the suspect directly (again and again),
+    and the suspect answers each accuser with its Alive. Before that, some seeds saw false deaths here."""
+    for seed in range(8):
         sim = cluster(16, seed, loss=0.3, config=config(tcp_fallback=False))
         sim.run_until(60.0)
-        assert all(node.up for node in sim.nodes.values())  # every DEAD mark is a false one
-        false_deaths[seed] = len(dead_marks(sim))
-        # without the fallback, suspicions are everyday events (with it: none at all, see the test above)
+        assert all(node.up for node in sim.nodes.values())  # every DEAD mark would be a false one
         assert sum(node.membership.stats.suspicions for node in sim.nodes.values()) > 100
-    assert any(false_deaths.values()), false_deaths
-    # and at 10 % loss the indirect probes alone still suffice
-    for seed in range(3):
-        sim = cluster(16, seed, loss=0.1, config=config(tcp_fallback=False))
-        sim.run_until(60.0)
-        assert dead_marks(sim) == []
+        assert dead_marks(sim) == [], seed
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_no_false_death_when_every_kind_of_packet_is_lost(seed: int) -> None:
+    """Issue #12: 30 % loss of UDP and TCP alike (the simulator's TCP then costs what Linux's retransmissions cost),
+    N = 8, LAN defaults. The TCP fallback often misses the probe interval (a lost SYN costs 1 s), so members are
+    suspected; none may be declared dead. Before the fix, seeds 0..5 gave 1, 7, 1, 1, 0 and 0 false deaths."""
+    sim = cluster(8, seed, loss=0.3, tcp_loss=True)
+    sim.run_until(75.0)
+    assert all(node.up for node in sim.nodes.values())
+    assert sum(node.membership.stats.suspicions for node in sim.nodes.values()) > 20
+    assert dead_marks(sim) == []
 
 
 # --- partition ----------------------------------------------------------------------------------------------------
@@ -220,12 +225,12 @@ def test_a_partition_splits_the_cluster_and_heals_by_itself(seed: int) -> None:
     took = converge(sim, 3 * reconnect)
     assert took <= 3 * reconnect
     # those still remembered as dead refuted it with a higher incarnation (those already reaped simply joined
-    # again), and everybody now agrees on each member's incarnation
+    # again), and once the last refutations have spread everybody agrees on each member's incarnation
+    sim.run_until(sim.now + 30.0)
+    assert converged(sim)
     for subject in names:
         own = sim.nodes[subject].membership.incarnation
         assert {sim.nodes[o].membership.members[subject].incarnation for o in names} == {own}, subject
-    sim.run_until(sim.now + 30.0)
-    assert converged(sim)
 
 
 # --- restart ------------------------------------------------------------------------------------------------------

@@ -64,7 +64,9 @@ def name_at(a: Address) -> str:
 
 
 def make(*others: str, name: str = "me", now: float = 0.0, seed: int = 1, **cfg: Any) -> Membership:
-    """``name`` knowing ``others`` as ALIVE at incarnation 0."""
+    """``name`` knowing ``others`` as ALIVE at incarnation 0. The TCP fallback gets no grace past the probe
+    interval unless a test asks (as if it had failed by then): most tests are about the UDP channels."""
+    cfg.setdefault("tcp_ping_grace", 0.0)
     m = Membership(GossipConfig(name=name, addr=addr(name), **cfg), now=now, rng=random.Random(seed))
     if others:
         m.handle(now, addr(others[0]), [Alive(0, o, addr(o), {}) for o in others])
@@ -592,7 +594,7 @@ def test_news_older_than_what_we_know_is_dropped() -> None:
 
 def test_alive_with_a_higher_incarnation_clears_a_suspicion() -> None:
     m = make("a", "b", "c")
-    assert [e.kind for e in m.handle(1.0, addr("b"), [Suspect(0, "a", "b")])] == [EventKind.SUSPECT]
+    assert [e.kind for e in events(m.handle(1.0, addr("b"), [Suspect(0, "a", "b")]))] == [EventKind.SUSPECT]
     assert m.handle(1.5, addr("b"), [Alive(0, "a", addr("a"), {})]) == []  # not a refutation
     assert m.members["a"].state == State.SUSPECT
     effects = m.handle(2.0, addr("a"), [Alive(1, "a", addr("a"), {})])
@@ -1022,3 +1024,65 @@ def test_handle_never_raises_on_any_decodable_message(msgs: list[Message], sende
         now += 0.1
         _check_sendable(m.tick(now), m)
         assert m.next_deadline() > now
+
+
+# --- under loss of every kind of packet (issue #12: false deaths at 30 % loss, UDP and TCP) -----------------------
+
+
+def test_a_tcp_fallback_still_in_flight_gets_the_grace_before_we_suspect() -> None:
+    """A lost SYN is sent again only after 1 s: the fallback may answer past the probe interval, and then it counts."""
+    m = make("a", "b", "c", "d", tcp_ping_grace=1.0)
+    t0, _, ping = first_probe(m)
+    timed = drive(m, t0, t0 + 1.9, ack_pings=False)
+    assert events([e for _, e in timed], EventKind.SUSPECT) == []
+    assert m.members[ping.target].state == State.ALIVE
+    assert m.next_deadline() == pytest.approx(t0 + 2.0)
+    m.handle_ack(t0 + 1.9, ping.seq)  # the TCP ack, late but within the grace
+    drain(m, t0 + 1.9)
+    assert m.members[ping.target].state == State.ALIVE and m.stats.probe_failures == 0
+
+
+def test_a_failed_tcp_fallback_ends_the_probe_at_its_interval() -> None:
+    """A crashed process's host refuses the connection at once: no grace, detection as fast as before."""
+    m = make("a", "b", "c", "d", tcp_ping_grace=1.0)
+    t0, _, ping = first_probe(m)
+    drive(m, t0, t0 + 0.6, ack_pings=False)
+    m.tcp_ping_failed(t0 + 0.6, ping.seq, "connection refused")
+    timed = drive(m, t0 + 0.6, t0 + 1.0, ack_pings=False)
+    (event,) = events([e for _, e in timed], EventKind.SUSPECT)
+    assert [t for t, e in timed if e is event] == [t0 + 1.0]
+
+
+def test_a_tcp_fallback_that_never_answers_is_waited_for_only_the_grace() -> None:
+    m = make("a", "b", "c", "d", tcp_ping_grace=1.0)
+    t0, _, _ = first_probe(m)
+    timed = drive(m, t0, t0 + 2.0, ack_pings=False)
+    (event,) = events([e for _, e in timed], EventKind.SUSPECT)
+    assert [t for t, e in timed if e is event] == [t0 + 2.0]
+
+
+def test_a_new_suspicion_is_told_to_the_suspect_directly_and_again_until_refuted() -> None:
+    m = make("a", "b", "c", suspect_reminder_interval=0.5)
+    effects = m.handle(1.0, addr("b"), [Suspect(0, "a", "b")])
+    to_a = [p for p in sends(effects) if p.addr == addr("a")]
+    assert [decoded(p)[0] for p in to_a] == [Suspect(0, "a", "me")]  # broadcasts may ride along behind it
+    assert m._suspicions["a"].next_reminder == pytest.approx(1.5)
+    timed = drive(m, 1.0, 2.6)
+    reminders = [t for t, e in timed if isinstance(e, Send) and e.addr == addr("a") and suspects_in(decoded(e), "a")]
+    assert {1.5, 2.0, 2.5} <= set(reminders)  # (gossip and probes may carry it too)
+    m.handle(2.6, addr("a"), [Alive(1, "a", addr("a"), {})])
+    timed = drive(m, 2.6, 5.0)
+    assert not [e for _, e in timed if isinstance(e, Send) and e.addr == addr("a") and suspects_in(decoded(e), "a")]
+
+
+@pytest.mark.parametrize("accusation", ["suspect", "dead"])
+def test_an_accuser_gets_our_alive_back_even_for_a_stale_accusation(accusation: str) -> None:
+    """It may have missed our refutation: the broadcast goes to random members only a few times."""
+    m = make("a", "b")
+    m.handle(1.0, addr("b"), [Suspect(0, "me", "b")])  # refuted: incarnation 1
+    assert m.incarnation == 1
+    old = Suspect(0, "me", "a") if accusation == "suspect" else Dead(0, "me", "a")
+    effects = m.handle(2.0, addr("a"), [old])
+    assert m.incarnation == 1  # not refuted again
+    back = [decoded(p) for p in sends(effects) if p.addr == addr("a")]
+    assert [msgs[0] for msgs in back] == [Alive(1, "me", addr("me"), {})]
