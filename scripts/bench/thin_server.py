@@ -3,6 +3,7 @@
     .venv/bin/python scripts/bench/thin_server.py MODEL.onnx PORT [--threads 1]
 
 POST / with a float32 (3, 224, 224) tensor's raw bytes as the body; answers the top 5 (index, probability) as JSON.
+Prints "ready" once it listens.
 """
 
 import asyncio
@@ -30,7 +31,18 @@ def main() -> None:
 
     app = web.Application(client_max_size=8 << 20)
     app.router.add_post("/", infer)
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+    asyncio.run(serve(app, port))
+
+
+async def serve(app: web.Application, port: int) -> None:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    print("ready", flush=True)  # the driver's readiness signal: the site listens now
+    try:
+        await asyncio.Event().wait()  # until the driver terminates us
+    finally:
+        await runner.cleanup()
 
 
 if __name__ == "__main__":

@@ -31,10 +31,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -74,17 +74,15 @@ def loads(url: str, path: str, body: bytes, headers: dict[str, str], args: argpa
     return out
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise SystemExit(f"the server exited with {proc.returncode} before it listened")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing listens on port {port} after {timeout:.0f} s")
+def wait_ready(proc: subprocess.Popen[str], what: str) -> None:
+    """Until the server prints its "ready" line (it listens then); never a guess."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.strip() == "ready":
+            # the rest is drained, so that a chatty server never blocks on a full pipe
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
+            return
+    raise SystemExit(f"{what} exited with {proc.wait()} before it was ready")
 
 
 def kserve_body(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
@@ -134,9 +132,11 @@ def bench_direct(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_thin(args: argparse.Namespace) -> dict[str, Any]:
-    proc = subprocess.Popen([sys.executable, str(THIN), str(MODEL), str(THIN_PORT)], cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, str(THIN), str(MODEL), str(THIN_PORT)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     try:
-        wait_for_port(THIN_PORT, proc)
+        wait_ready(proc, "the thin server")
         out = loads(f"http://127.0.0.1:{THIN_PORT}", "/", image().tobytes(), {}, args)
     finally:
         proc.terminate()
@@ -182,10 +182,15 @@ def bench_ray(args: argparse.Namespace) -> dict[str, Any] | None:
         return None
     cmd = [str(python), __file__, "--ray-server"]
     proc = subprocess.Popen(
-        cmd, stdin=subprocess.PIPE, cwd=REPO, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}, text=True
+        cmd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=REPO,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        text=True,
     )
     try:
-        wait_for_port(RAY_PORT, proc, timeout=180)
+        wait_ready(proc, "ray serve")
         out = loads(f"http://127.0.0.1:{RAY_PORT}", "/", image().tobytes(), {}, args)
     finally:
         assert proc.stdin is not None
@@ -232,7 +237,8 @@ def ray_server(args: argparse.Namespace) -> None:
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": RAY_PORT})
-    serve.run(EfficientNet.bind(str(MODEL)), route_prefix="/")
+    serve.run(EfficientNet.bind(str(MODEL)), route_prefix="/")  # returns once the deployment serves
+    print("ready", flush=True)
     try:
         sys.stdin.read()  # serve until the driver is done with us
     finally:
