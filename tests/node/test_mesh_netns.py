@@ -92,6 +92,15 @@ def wait_for(check, what: str, timeout: float = 30.0) -> None:
         time.sleep(0.2)
 
 
+def stop_all(procs: list[subprocess.Popen[str]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        if p.stdout is not None:
+            p.stdout.close()
+
+
 def test_mdns_discovery_forms_a_mesh_across_hosts(tmp_path) -> None:
     with netns.lan(3) as hosts:
         procs = []
@@ -119,12 +128,7 @@ def test_mdns_discovery_forms_a_mesh_across_hosts(tmp_path) -> None:
             assert pb.wait(timeout=5) == 0  # SIGTERM stops a node within 5 s, mDNS goodbye and gossip leave included
             wait_for(lambda: states(hosts[0])[b] == "left", "a to see b leave")
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-                if p.stdout is not None:
-                    p.stdout.close()
+            stop_all(procs)
 
 
 def test_a_partitioned_node_finds_its_peer_again_by_what_mdns_found(tmp_path) -> None:
@@ -154,9 +158,4 @@ def test_a_partitioned_node_finds_its_peer_again_by_what_mdns_found(tmp_path) ->
                 subprocess.run([*iptables, "-D", *cut], check=True)
             wait_for(lambda: states(hosts[0]) == both and states(hosts[1]) == both, "a and b to meet again", 30)
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-                if p.stdout is not None:
-                    p.stdout.close()
+            stop_all(procs)
