@@ -84,7 +84,7 @@ class Dataset(abc.ABC):
 
     @abc.abstractmethod
     def read(self, indices: Sequence[int]) -> dict[str, Any]:
-        """``images=`` or ``tensors=`` of a PredictRequest for these items."""
+        """``images=`` or ``tensors=`` of a InferRequest for these items."""
 
     def sizes(self, indices: Sequence[int]) -> list[int]:
         return [0 for _ in indices]

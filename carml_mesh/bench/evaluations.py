@@ -249,7 +249,7 @@ class Evaluations:
         status, error, results = "failed", None, None
         try:
             results = await evaluate(
-                self.node.routed.predict,
+                self.node.routed.infer,
                 running.dataset,
                 running.target,
                 mapping,

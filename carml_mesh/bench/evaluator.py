@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ..dataplane.types import InferReply, InferRequest
 from ..errors import BadRequest, PayloadTooLarge
-from ..node.inference import PredictRequest
 from .config import Target
 from .datasets import MAX_EXAMPLES, Dataset
 from .scoring import score
@@ -33,7 +33,7 @@ class Progress:
         return {"done": self.done, "total": self.total, "fraction": round(fraction, 4), "phase": self.phase}
 
 
-Predict = Callable[[PredictRequest], Awaitable[dict[str, Any]]]
+Predict = Callable[[InferRequest], Awaitable[InferReply]]
 
 
 def batches(dataset: Dataset, batch_size: int, batch_bytes: int) -> list[list[int]]:
@@ -77,7 +77,7 @@ async def evaluate(
 
     async def run(indices: list[int]) -> list[list[int]]:
         inputs = await asyncio.to_thread(dataset.read, indices)
-        request = PredictRequest(
+        request = InferRequest(
             model=target.model,
             version=target.version,
             framework=target.framework,
@@ -86,18 +86,20 @@ async def evaluate(
             top_k=k,
             **inputs,
         )
-        answer = await predict(request)
+        reply = await predict(request)
         if not served:
             served.update(
-                version=answer.get("version"),
-                framework=answer.get("framework"),
-                device=answer.get("device"),
-                node=answer.get("node"),
+                version=reply.version,
+                framework=reply.framework,
+                device=reply.device,
+                node={"id": reply.node.id, "name": reply.node.name},
                 nodes={},
             )
-        who = str((answer.get("node") or {}).get("name", "?"))
+        who = reply.node.name or "?"
         served["nodes"][who] = served["nodes"].get(who, 0) + len(indices)  # without a pin, batches may spread
-        return [[int(p["index"]) for p in r["predictions"]] for r in answer["results"]]
+        if reply.predictions is None:
+            raise BadRequest(f"model {reply.model} answered without predictions: it does not classify")
+        return [[p.index for p in item] for item in reply.predictions]
 
     for indices in batches(dataset, batch_size, batch_bytes):
         results: list[list[int] | None]

@@ -33,7 +33,7 @@ import numpy as np
 
 from .. import __version__
 from ..gossip.messages import State
-from ..web.auth import auth_headers
+from ..headers import auth_headers
 from . import stats
 from .config import BenchConfig, Target
 from .store import iso

@@ -1,8 +1,9 @@
 """The node-to-node data path: a request forwarded to a peer over a pooled keep-alive HTTP connection.
 
-/api/predict requests travel as msgpack (tensors and images as raw bytes); Open Inference Protocol requests are
-relayed byte for byte. Each carries the caller's remaining deadline, a hop marker (the peer serves it locally and
-never forwards again, so no request can loop) and the trace context headers it came with.
+Whatever protocol brought it in, a request travels to the peer as an /api/predict msgpack document (tensors and
+images as raw bytes, see carml_mesh.dataplane.document) and its answer comes back as an `InferReply`. Each carries
+the caller's remaining deadline, a hop marker (the peer serves it locally and never forwards again, so no request
+can loop) and the trace context headers it came with.
 """
 
 from __future__ import annotations
@@ -13,13 +14,11 @@ from typing import Any
 import aiohttp
 import msgpack
 
+from ..dataplane.document import MalformedReply, reply_from_document, request_document
+from ..dataplane.types import InferReply, InferRequest
 from ..errors import BadRequest, NotFound, PayloadTooLarge, RequestError, ServiceError, UnsupportedMediaType
-from ..web.auth import auth_headers
-from .inference import PredictRequest
+from ..headers import FORWARDED, TIMEOUT_MS, auth_headers
 
-FORWARDED = "X-Carml-Forwarded-By"
-TIMEOUT_MS = "X-Carml-Timeout-Ms"
-TRACE_HEADERS = ("traceparent", "tracestate", "b3", "X-B3-TraceId", "X-B3-SpanId", "X-B3-ParentSpanId", "X-B3-Sampled")
 MSGPACK = "application/msgpack"
 _BY_STATUS: dict[int, type[RequestError]] = {
     400: BadRequest,
@@ -58,49 +57,19 @@ class Forwarder:
     def _headers(self, timeout: float, trace: dict[str, str]) -> dict[str, str]:
         return {FORWARDED: self.node_id, TIMEOUT_MS: str(max(1, int(timeout * 1000))), **trace, **self._auth}
 
-    async def predict(
-        self, base_url: str, request: PredictRequest, *, timeout: float, trace: dict[str, str] | None = None
-    ) -> dict[str, Any]:
-        doc: dict[str, Any] = {"model": request.model, "top_k": request.top_k}
-        for key in ("version", "framework", "device"):
-            if getattr(request, key):
-                doc[key] = getattr(request, key)
-        if request.images:
-            doc["inputs"] = [{"image": image} for image in request.images]
-        else:
-            assert request.tensors is not None
-            n = len(next(iter(request.tensors.values())))
-            doc["inputs"] = [{"tensors": {name: _wire(t[i]) for name, t in request.tensors.items()}} for i in range(n)]
-        body = msgpack.packb(doc, use_bin_type=True)
+    async def infer(
+        self, base_url: str, request: InferRequest, *, timeout: float, trace: dict[str, str] | None = None
+    ) -> InferReply:
+        body = msgpack.packb(request_document(request), use_bin_type=True)
         headers = {"Content-Type": MSGPACK, "Accept": MSGPACK, **self._headers(timeout, trace or {})}
         status, _, raw = await self._post(f"{base_url}/api/predict", body, headers, timeout)
         answer = _decode(raw, status)
         if status != 200:
             raise _error(status, answer, base_url)
-        return answer
-
-    async def relay(
-        self,
-        base_url: str,
-        path: str,
-        body: bytes,
-        headers: dict[str, str],
-        *,
-        timeout: float,
-        trace: dict[str, str] | None = None,
-    ) -> tuple[int, dict[str, str], bytes]:
-        """Relay a request as it came (the Open Inference Protocol path): the peer's answer comes back as it is."""
-        out = {
-            k: v
-            for k, v in headers.items()
-            if k.lower() in ("content-type", "inference-header-content-length", "content-encoding", "accept")
-        }
-        status, resp_headers, raw = await self._post(
-            f"{base_url}{path}", body, {**out, **self._headers(timeout, trace or {})}, timeout
-        )
-        if status >= 500 or status == 401:  # 401: the peer refused our token, not the client's request
-            raise ForwardError(f"{base_url} answered {status}: {_message(raw)}")
-        return status, resp_headers, raw
+        try:
+            return reply_from_document(answer)
+        except MalformedReply as exc:
+            raise ForwardError(f"{base_url} answered 200 with {exc}") from None
 
     async def _post(
         self, url: str, body: bytes, headers: dict[str, str], timeout: float
@@ -118,10 +87,6 @@ class Forwarder:
             raise ForwardError(f"{url} is not reachable: {exc}") from exc
 
 
-def _wire(array: Any) -> dict[str, Any]:
-    return {"dtype": array.dtype.name, "shape": list(array.shape), "data": array.tobytes()}
-
-
 def _decode(raw: bytes, status: int) -> Any:
     try:
         return msgpack.unpackb(raw, raw=False)
@@ -130,13 +95,6 @@ def _decode(raw: bytes, status: int) -> Any:
             return json.loads(raw)
         except ValueError:
             raise ForwardError(f"a peer answered {status} with a body that is neither msgpack nor JSON") from None
-
-
-def _message(raw: bytes) -> str:
-    try:
-        return str(json.loads(raw).get("error"))
-    except (ValueError, AttributeError):
-        return raw[:200].decode("utf-8", "replace")
 
 
 def _error(status: int, answer: Any, url: str) -> Exception:

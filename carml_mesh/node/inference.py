@@ -1,19 +1,27 @@
-"""Serving one request on this node: pick the deployment, check inputs against the manifest, run, shape the answer.
+"""Serving one request on this node: pick the deployment, check inputs against the manifest, run, shape the reply.
 
-No HTTP here: the web layer turns bodies into `PredictRequest`s and answers back into bytes.
+No HTTP here: the protocol modules turn bodies into `InferRequest`s and `InferReply`s back into bytes.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..dataplane import tensors as wire
+from ..dataplane.types import (
+    MAX_TOP_K,
+    InferReply,
+    InferRequest,
+    ItemTimings,
+    Prediction,
+    ServingNode,
+    Timings,
+)
 from ..errors import BadRequest, NotFound, PayloadTooLarge, WorkerUnavailable
 from ..exec.base import Executor, ModelSpec
-from ..exec.worker.protocol import ProtocolError, decode_tensor, encode_tensor
 from ..trace.setup import FRAMEWORK, MODEL, current_level
 from .catalog import Catalog, ServedModel
 
@@ -22,32 +30,10 @@ if TYPE_CHECKING:
 
     from ..trace.setup import Tracing
 
-DEFAULT_TOP_K = 5
-MAX_TOP_K = 1000
-
-
-@dataclass(frozen=True)
-class PredictRequest:
-    model: str
-    version: str | None = None
-    framework: str | None = None
-    device: str | None = None
-    node: str | None = None  # pin: run on this member (id or name) or fail
-    top_k: int = DEFAULT_TOP_K
-    images: tuple[bytes, ...] = ()
-    tensors: dict[str, np.ndarray] | None = None  # batched, by input name
-    trace_level: int | None = None  # asked for in the body (carml_mesh.trace.setup levels); None: header/default
-
-    @property
-    def batch_size(self) -> int:
-        if self.images:
-            return len(self.images)
-        return len(next(iter(self.tensors.values()))) if self.tensors else 0
-
 
 class InferenceService:
     def __init__(
-        self, catalog: Catalog, executor: Executor, *, node: dict[str, str], max_batch: int, timeout: float
+        self, catalog: Catalog, executor: Executor, *, node: ServingNode, max_batch: int, timeout: float
     ) -> None:
         self.catalog = catalog
         self.executor = executor
@@ -83,7 +69,7 @@ class InferenceService:
             raise NotFound(f"no device of this node ({', '.join(self.executor.devices())}) suits {model.name}")
         return model.model_spec(framework, device)
 
-    async def predict(self, request: PredictRequest, *, timeout: float | None = None) -> dict[str, Any]:
+    async def infer(self, request: InferRequest, *, timeout: float | None = None) -> InferReply:
         started = time.perf_counter()
         model = self.catalog.get(request.model, request.version)
         spec = self.select(model, request.framework, request.device)
@@ -94,8 +80,10 @@ class InferenceService:
             raise PayloadTooLarge(f"a request may hold at most {self.max_batch} inputs, got {batch}")
         if not 1 <= request.top_k <= MAX_TOP_K:
             raise BadRequest(f"top_k must be between 1 and {MAX_TOP_K}, got {request.top_k}")
-        classify = model.manifest.output.type == "classification"
+        classify = model.manifest.output.type == "classification" and not request.outputs
         message: dict[str, Any] = {"top_k": request.top_k} if classify else {}
+        if request.output_names:
+            message["outputs"] = list(request.output_names)
         if request.images:
             if model.manifest.inputs[0].type != "image":
                 raise BadRequest(f"model {model.name} takes tensors, not images: send 'tensor' inputs")
@@ -110,39 +98,31 @@ class InferenceService:
                         f"model {model.name} has inputs {names}: name them with {{tensors: {{name: ...}}}}"
                     )
                 tensors[model.manifest.inputs[0].name] = tensors.pop("")
-            tensors = check_tensors(model, tensors)
+            tensors = check_tensors(model, tensors, cast=not request.exact_dtypes)
             # views, not copies: the request's arrays are not touched again before the frame is written
-            message["tensors"] = {name: encode_tensor(t, view=True) for name, t in tensors.items()}
+            message["tensors"] = {name: wire.encode(t, view=True) for name, t in tensors.items()}
         reply = await self._traced_infer(spec, message, batch, timeout or self.timeout)
         total = (time.perf_counter() - started) * 1e3
-        results = _results(reply, batch, classify)
         t = reply.get("timings", {})
-        worker_ms = sum(_as_list(t.get("decode"), batch)) + sum(_as_list(t.get("preprocess"), batch))
-        worker_ms += float(t.get("queue", 0.0)) + float(t.get("compute", 0.0)) + float(t.get("postprocess", 0.0))
-        for n, result in enumerate(results):
-            result["timings_ms"] = {
-                "decode": _as_list(t.get("decode"), batch)[n],
-                "preprocess": _as_list(t.get("preprocess"), batch)[n],
-                "queue": float(t.get("queue", 0.0)),
-                "compute": float(t.get("compute", 0.0)),
-                "postprocess": float(t.get("postprocess", 0.0)),
-                "total": total,
-            }
-        return {
-            "model": model.name,
-            "version": model.version,
-            "framework": spec.framework,
-            "device": spec.device,
-            "node": self.node,
-            "batch_size": batch,
-            "results": results,
-            "timings_ms": {
-                "total": total,
-                "worker": worker_ms,
-                "load": float(reply.get("load_ms", 0.0)),
-                "node": max(0.0, total - worker_ms - float(reply.get("load_ms", 0.0))),
-            },
-        }
+        decode, prep = _as_list(t.get("decode"), batch), _as_list(t.get("preprocess"), batch)
+        queue, compute = float(t.get("queue", 0.0)), float(t.get("compute", 0.0))
+        post = float(t.get("postprocess", 0.0))
+        worker_ms = sum(decode) + sum(prep) + queue + compute + post
+        load_ms = float(reply.get("load_ms", 0.0))
+        predictions = _predictions(reply, batch) if classify and "results" in reply else None
+        return InferReply(
+            model=model.name,
+            version=model.version,
+            framework=spec.framework,
+            device=spec.device,
+            node=self.node,
+            batch_size=batch,
+            predictions=predictions,
+            outputs=_outputs(reply) if predictions is None else {},
+            items=tuple(ItemTimings(decode[n], prep[n], queue, compute, post, total) for n in range(batch)),
+            timings=Timings(total, worker_ms, load_ms, max(0.0, total - worker_ms - load_ms)),
+            labels=tuple(model.labels) if request.outputs else (),
+        )
 
     async def _traced_infer(self, spec: ModelSpec, message: dict[str, Any], batch: int, timeout: float) -> Any:
         """The executor call; at trace level ``model``, a span for it and the worker's stages under it; at
@@ -167,34 +147,6 @@ class InferenceService:
             if span is not None:
                 worker_spans(tracing, span, reply, batch)
             return reply
-
-    async def infer_tensors(
-        self,
-        name: str,
-        version: str | None,
-        tensors: dict[str, np.ndarray],
-        outputs: list[str] | None,
-        *,
-        framework: str | None = None,
-        device: str | None = None,
-        timeout: float | None = None,
-    ) -> tuple[ServedModel, ModelSpec, dict[str, np.ndarray]]:
-        """Raw tensors in, raw tensors out (the Open Inference Protocol path)."""
-        model = self.catalog.get(name, version)
-        spec = self.select(model, framework, device)
-        tensors = check_tensors(model, tensors, cast=False)
-        batch = len(next(iter(tensors.values())))
-        if batch > self.max_batch:
-            raise PayloadTooLarge(f"a request may hold at most {self.max_batch} inputs, got {batch}")
-        message: dict[str, Any] = {"tensors": {n: encode_tensor(t, view=True) for n, t in tensors.items()}}
-        if outputs:
-            message["outputs"] = outputs
-        reply = await self._traced_infer(spec, message, batch, timeout or self.timeout)
-        try:
-            decoded = {n: decode_tensor(t) for n, t in reply.get("outputs", {}).items()}
-        except ProtocolError as exc:
-            raise WorkerUnavailable(f"worker sent a malformed tensor: {exc}") from exc
-        return model, spec, decoded
 
 
 def worker_spans(tracing: Tracing, parent: Span, reply: dict[str, Any], batch: int) -> None:
@@ -333,18 +285,15 @@ def _as_list(value: Any, n: int) -> list[float]:
     return [0.0] * n
 
 
-def _results(reply: dict[str, Any], batch: int, classify: bool) -> list[dict[str, Any]]:
-    if classify and "results" in reply:
-        return [
-            {
-                "predictions": [
-                    {"index": int(i), "label": str(label), "probability": float(p)} for i, p, label in r["predictions"]
-                ]
-            }
-            for r in reply["results"]
-        ]
+def _predictions(reply: dict[str, Any], batch: int) -> tuple[tuple[Prediction, ...], ...]:
+    results = reply["results"]
+    if not isinstance(results, list) or len(results) != batch:
+        raise WorkerUnavailable(f"worker sent {type(results).__name__} results for a batch of {batch}")
+    return tuple(tuple(Prediction(int(i), str(label), float(p)) for i, p, label in r["predictions"]) for r in results)
+
+
+def _outputs(reply: dict[str, Any]) -> dict[str, np.ndarray]:
     try:
-        outputs = {n: decode_tensor(t) for n, t in reply.get("outputs", {}).items()}
-    except ProtocolError as exc:
+        return {n: wire.decode(t) for n, t in reply.get("outputs", {}).items()}
+    except wire.TensorError as exc:
         raise WorkerUnavailable(f"worker sent a malformed tensor: {exc}") from exc
-    return [{"outputs": {n: a[i] for n, a in outputs.items()}} for i in range(batch)]

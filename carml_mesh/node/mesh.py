@@ -17,7 +17,7 @@ from ..gossip.mdns import Discovered, MdnsDiscovery
 from ..gossip.messages import Address, MemberState, State
 from ..gossip.runtime import Gossip
 from ..gossip.state import Event, EventKind
-from ..web.auth import auth_headers
+from ..headers import auth_headers
 from .card import card_summary
 from .rejoin import JoinPolicy, JoinSchedule, serve_rejoin
 

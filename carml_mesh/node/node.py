@@ -21,6 +21,7 @@ from aiohttp import web
 from .. import __version__
 from ..bench.evaluations import Evaluations
 from ..bench.manager import BenchmarkManager
+from ..dataplane.types import ServingNode
 from ..errors import CarmlError, ConfigError, WorkerUnavailable
 from ..exec.base import Executor
 from ..exec.batching import BatchingExecutor
@@ -143,7 +144,7 @@ class Node:
         self.inference = InferenceService(
             self.catalog,
             executor,
-            node={"id": self.id, "name": self.name},
+            node=ServingNode(self.id, self.name),
             max_batch=config.max_batch,
             timeout=config.request_timeout,
         )

@@ -23,10 +23,9 @@ from yarl import URL
 
 from ..errors import ArtifactMismatch, ArtifactTooLarge, BadGateway, BadRequest, Conflict, ManifestError, NotFound
 from ..gossip.messages import State
+from ..headers import FORWARDED, auth_headers
 from ..manifest.loader import parse_manifest_text
 from ..store.artifacts import ArtifactStore, Ingest
-from ..web.auth import auth_headers
-from .forward import FORWARDED
 from .mesh import Mesh
 from .publish import Published, Publisher
 

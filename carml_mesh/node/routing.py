@@ -11,13 +11,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from ..dataplane.types import Attempt, InferReply, InferRequest, Route, RouteCandidate
 from ..errors import CarmlError, NotFound, RequestError, WorkerUnavailable
 from ..gossip.messages import State
 from .forward import Forwarder, ForwardError
-from .inference import InferenceService, PredictRequest
+from .inference import InferenceService
 from .mesh import Mesh
 from .router import Candidate, Decision, Router
 
@@ -154,27 +156,16 @@ class RoutedInference:
 
     # --- running it -----------------------------------------------------------------------------------------------
 
-    async def predict(
-        self,
-        request: PredictRequest,
-        *,
-        forwarded: bool = False,
-        timeout: float | None = None,
-        trace: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
-        budget = min(self.local.timeout, timeout) if timeout else self.local.timeout
-        if forwarded:  # a peer chose us: serve here, never forward again
-            return await self.local.predict(request, timeout=budget)
+    async def infer(self, request: InferRequest) -> InferReply:
+        """The one routing entry: every protocol's request is served here or on the peer the router chooses."""
+        hop = request.hop
+        budget = min(self.local.timeout, hop.timeout) if hop.timeout else self.local.timeout
+        if hop.forwarded:  # a peer chose us: serve here, never forward again
+            return await self.local.infer(request, timeout=budget)
         if request.node is None and not self._has_peers():
             # alone in the mesh (or no mesh): nothing to choose, no decision on the hot path
-            result = await self.local.predict(request, timeout=budget)
-            result["route"] = {
-                "chosen": self.node_id,
-                "reason": "no peer in the mesh",
-                "candidates": [],
-                "attempts": [{"node": self.node_id, "ok": True}],
-            }
-            return result
+            reply = await self.local.infer(request, timeout=budget)
+            return replace(reply, route=Route(self.node_id, "no peer in the mesh", (), (Attempt(self.node_id, True),)))
         with self._span("route") as span:
             decision = self.decide(request.model, request.version, request.framework, request.device, node=request.node)
             if span is not None:
@@ -189,18 +180,26 @@ class RoutedInference:
                     }
                 )
 
-        async def run(c: Candidate, t: float) -> Any:
+        async def run(c: Candidate, t: float) -> InferReply:
             if c.local:
-                return await self.local.predict(request, timeout=t)
+                return await self.local.infer(request, timeout=t)
             from opentelemetry.trace import SpanKind
 
             attributes = {"carml.peer.id": c.node, "carml.peer.url": str(c.url), "http.method": "POST"}
-            with self._span("forward /api/predict", kind=SpanKind.CLIENT, attributes=attributes) as hop:
-                return await self.forwarder.predict(str(c.url), request, timeout=t, trace=self._hop_headers(hop, trace))
+            with self._span("forward /api/predict", kind=SpanKind.CLIENT, attributes=attributes) as span:
+                trace = self._hop_headers(span, hop.trace)
+                return await self.forwarder.infer(str(c.url), request, timeout=t, trace=trace)
 
-        result, attempts = await self._attempt(decision, budget, run)
-        result["route"] = {**decision.to_dict(), "attempts": attempts}
-        return result
+        reply, attempts = await self._attempt(decision, budget, run)
+        route = Route(
+            chosen=decision.order[0].node if decision.order else None,
+            reason=decision.reason,
+            candidates=tuple(
+                RouteCandidate(c.node, c.local, c.warm, c.load, c.latency_ms) for c in decision.candidates
+            ),
+            attempts=attempts,
+        )
+        return replace(reply, route=route)
 
     def _has_peers(self) -> bool:
         return self.mesh is not None and bool(self.mesh.cards)
@@ -210,13 +209,13 @@ class RoutedInference:
             return contextlib.nullcontext(None)
         return self.tracing.span(name, **kw)
 
-    def _hop_headers(self, hop: Span | None, incoming: dict[str, str] | None) -> dict[str, str]:
+    def _hop_headers(self, hop: Span | None, incoming: Mapping[str, str]) -> dict[str, str]:
         """The trace headers for a peer: our CLIENT span as its parent, and the request's trace level."""
         if self.tracing is None:
-            return dict(incoming or {})
+            return dict(incoming)
         from ..trace.setup import LEVEL_HEADER, LEVELS, current_level, inject
 
-        headers = inject(hop) if hop is not None else dict(incoming or {})
+        headers = inject(hop) if hop is not None else dict(incoming)
         headers[LEVEL_HEADER] = LEVELS[current_level()]
         return headers
 
@@ -236,14 +235,16 @@ class RoutedInference:
 
     def _name_of(self, candidate: Candidate) -> str | None:
         if candidate.local:
-            return self.local.node.get("name")
+            return self.local.node.name
         card = self.mesh.cards.get(candidate.node) if self.mesh is not None else None
         return card.get("name") if card else None
 
-    async def _attempt(self, decision: Decision, budget: float, run: Callable[[Candidate, float], Any]) -> Any:
+    async def _attempt(
+        self, decision: Decision, budget: float, run: Callable[[Candidate, float], Awaitable[InferReply]]
+    ) -> tuple[InferReply, tuple[Attempt, ...]]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
-        attempts: list[dict[str, Any]] = []
+        attempts: list[Attempt] = []
         for candidate in decision.order:
             remaining = deadline - loop.time()
             if remaining <= 0.001:
@@ -253,7 +254,7 @@ class RoutedInference:
                 self.forwarded += 1
             t0 = time.perf_counter()
             try:
-                result = await run(candidate, remaining)
+                reply = await run(candidate, remaining)
             except RequestError:
                 if not candidate.local:
                     self.router.finished(candidate.node, ok=True, latency_ms=(time.perf_counter() - t0) * 1e3)
@@ -261,49 +262,16 @@ class RoutedInference:
             except (WorkerUnavailable, ForwardError, CarmlError) as exc:
                 if not candidate.local:
                     self.router.finished(candidate.node, ok=False)
-                attempts.append({"node": candidate.node, "ok": False, "error": str(exc)})
+                attempts.append(Attempt(candidate.node, False, str(exc)))
                 self.retries += 1
                 log.info("attempt on %s failed (%s); trying the next candidate", candidate.node, exc)
                 continue
             if not candidate.local:
                 self.router.finished(candidate.node, ok=True, latency_ms=(time.perf_counter() - t0) * 1e3)
-            attempts.append({"node": candidate.node, "ok": True})
-            return result, attempts
-        reasons = "; ".join(f"{a['node']}: {a['error']}" for a in attempts) or "the deadline passed"
+            attempts.append(Attempt(candidate.node, True))
+            return reply, tuple(attempts)
+        reasons = "; ".join(f"{a.node}: {a.error}" for a in attempts) or "the deadline passed"
         raise WorkerUnavailable(f"every capable member failed within {budget:.1f} s ({reasons})")
-
-    async def relay_kserve(
-        self,
-        name: str,
-        version: str | None,
-        path: str,
-        body: bytes,
-        headers: dict[str, str],
-        *,
-        framework: str | None,
-        timeout: float | None,
-        trace: dict[str, str] | None,
-    ) -> tuple[int, dict[str, str], bytes] | None:
-        """For the Open Inference Protocol: None when this node should serve it, else the relayed answer."""
-        if not self._has_peers():
-            return None  # alone: this node serves it (or answers 404)
-        budget = min(self.local.timeout, timeout) if timeout else self.local.timeout
-        decision = self.decide(name, version, framework, None)
-        if decision.order[0].local:
-            return None
-
-        async def run(c: Candidate, t: float) -> Any:
-            if c.local:
-                return None
-            from opentelemetry.trace import SpanKind
-
-            attributes = {"carml.peer.id": c.node, "carml.peer.url": str(c.url), "http.method": "POST"}
-            with self._span(f"forward {path}", kind=SpanKind.CLIENT, attributes=attributes) as hop:
-                hop_trace = self._hop_headers(hop, trace)
-                return await self.forwarder.relay(str(c.url), path, body, headers, timeout=t, trace=hop_trace)
-
-        answer, _ = await self._attempt(decision, budget, run)
-        return answer
 
     def statistics(self) -> dict[str, Any]:
         return {

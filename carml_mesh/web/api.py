@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from opentelemetry.trace import SpanKind
 
+from ..dataplane.document import reply_document
+from ..dataplane.types import InferRequest
 from ..errors import BadRequest, PayloadTooLarge
-from ..node.forward import FORWARDED, TIMEOUT_MS, TRACE_HEADERS
-from ..node.inference import PredictRequest
+from ..headers import Hop, hop_from
 from ..trace.setup import NONE, extract, hex_trace_id, reset_level, set_level
 from . import bodies, forms
 from .openapi import openapi_document
@@ -111,13 +112,13 @@ async def predict(request: web.Request) -> web.Response:
         started_ns = time.time_ns()
         parsed = await _parse_predict(request, node)
         if not parsed.trace_level:
-            return _reply(request, await _route_predict(request, node, parsed))
+            return _reply(request, reply_document(await node.routed.infer(parsed)))
         return _reply(request, await _traced_predict(request, node, parsed.trace_level, parsed, started_ns))
     return _reply(request, await _traced_predict(request, node, level, None, None))
 
 
 async def _traced_predict(
-    request: web.Request, node: Node, level: int, parsed: PredictRequest | None, started_ns: int | None
+    request: web.Request, node: Node, level: int, parsed: InferRequest | None, started_ns: int | None
 ) -> dict[str, Any]:
     token = set_level(level)
     try:
@@ -136,26 +137,27 @@ async def _traced_predict(
                     if parsed.trace_level == NONE and span is not None:
                         node.tracing.discard(span)
                         span = None
-            answer = await _route_predict(request, node, parsed)
+            reply = await node.routed.infer(parsed)
+            answer = reply_document(reply, trace_id=hex_trace_id(span) if span is not None else None)
             if span is not None:
-                answer["trace_id"] = hex_trace_id(span)
-                span.set_attributes({"carml.model": str(answer.get("model")), "http.status_code": 200})
+                span.set_attributes({"carml.model": reply.model, "http.status_code": 200})
     finally:
         reset_level(token)
     return answer
 
 
-async def _parse_predict(request: web.Request, node: Node) -> PredictRequest:
+async def _parse_predict(request: web.Request, node: Node) -> InferRequest:
     content_type = bodies.check_content_type(request.content_type)
     if request.content_length is not None and request.content_length > node.config.max_body_bytes:
         raise PayloadTooLarge(
             f"request body of {request.content_length} bytes exceeds the limit of {node.config.max_body_bytes}"
         )
+    hop = hop_from(request.headers)
     if content_type == "multipart/form-data":
-        return await _parse_multipart(request, node.config.max_body_bytes)
+        return await _parse_multipart(request, node.config.max_body_bytes, hop)
     if content_type == bodies.JSON:
-        return bodies.parse_json_body(await request.read())
-    return bodies.parse_msgpack_body(await _read_body(request))
+        return bodies.parse_json_body(await request.read(), hop)
+    return bodies.parse_msgpack_body(await _read_body(request), hop)
 
 
 async def _read_body(request: web.Request) -> bytes | bytearray:
@@ -184,23 +186,7 @@ async def _read_body(request: web.Request) -> bytes | bytearray:
     return buffer
 
 
-async def _route_predict(request: web.Request, node: Node, parsed: PredictRequest) -> dict[str, Any]:
-    forwarded, timeout, trace = hop_headers(request)
-    return await node.routed.predict(parsed, forwarded=forwarded, timeout=timeout, trace=trace)
-
-
-def hop_headers(request: web.Request) -> tuple[bool, float | None, dict[str, str]]:
-    """Whether a peer forwarded this request (then it is served here), its remaining deadline, its trace context."""
-    forwarded = FORWARDED in request.headers
-    timeout = None
-    raw = request.headers.get(TIMEOUT_MS, "")
-    if raw.isdigit() and int(raw) > 0:
-        timeout = int(raw) / 1000
-    trace = {h: request.headers[h] for h in TRACE_HEADERS if h in request.headers}
-    return forwarded, timeout, trace
-
-
-async def _parse_multipart(request: web.Request, limit: int) -> PredictRequest:
+async def _parse_multipart(request: web.Request, limit: int, hop: Hop) -> InferRequest:
     """Fields model, version, framework, device, top_k; every file part is one image of the batch."""
     form = await forms.open_form(request)
     fields: dict[str, str] = {}
@@ -226,7 +212,7 @@ async def _parse_multipart(request: web.Request, limit: int) -> PredictRequest:
         raise BadRequest("the form holds no image file; add one or more files under 'image'")
     doc: dict[str, object] = {k: v for k, v in fields.items() if v}
     doc["inputs"] = [{"image": b} for b in images]
-    return bodies.parse_document(doc, binary=True)
+    return bodies.parse_document(doc, binary=True, hop=hop)
 
 
 async def samples(request: web.Request) -> web.Response:

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from ..errors import CarmlError, NotFound
+from ..headers import auth_headers
 from ..trace.zipkin_store import SpanStore
 from . import api, bench_api, evaluations_api, events, feedback_api, forms, kserve, models_api, utilisation_api, zipkin
-from .auth import auth_headers, make_auth_middleware
+from .auth import make_auth_middleware
 
 if TYPE_CHECKING:
     from ..node.node import Node

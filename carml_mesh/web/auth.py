@@ -120,11 +120,6 @@ def make_auth_middleware(
     return auth_middleware
 
 
-def auth_headers(token: str | None) -> dict[str, str]:
-    """What a node (or the CLI) sends to a peer: the shared token, when one is configured."""
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
 def check_api_token(token: str | None, *, protect_all: bool) -> None:
     """A token fit for an HTTP header (visible ASCII, no spaces); --protect-all makes no sense without one."""
     if token is not None and (not token or not all(0x21 <= ord(c) <= 0x7E for c in token)):

@@ -1,4 +1,4 @@
-"""Request bodies of /api/predict (JSON, msgpack, multipart) into PredictRequests; answers into JSON or msgpack."""
+"""Request bodies of /api/predict (JSON, msgpack, multipart) into InferRequests; answers into JSON or msgpack."""
 
 from __future__ import annotations
 
@@ -12,16 +12,17 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from ..dataplane import tensors as wire
+from ..dataplane.types import DEFAULT_TOP_K, InferRequest
 from ..errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from ..exec.worker.protocol import DTYPES, ProtocolError, decode_tensor, unpackb_views
-from ..node.inference import DEFAULT_TOP_K, PredictRequest
+from ..headers import Hop
 from ..trace.setup import LEVELS, parse_level
 
 JSON = "application/json"
 MSGPACK = "application/msgpack"
 MSGPACK_TYPES = (MSGPACK, "application/x-msgpack", "application/vnd.msgpack")
 MAX_JSON_ELEMENTS = 16_000_000  # numbers in one JSON tensor: bounded before any allocation
-_FIELDS = ("model", "version", "framework", "device", "node", "top_k", "inputs", "trace")
+_FIELDS = ("model", "version", "framework", "device", "node", "top_k", "inputs", "outputs", "exact_dtypes", "trace")
 
 
 def wants_msgpack(accept: str, content_type: str) -> bool:
@@ -97,24 +98,24 @@ class BodyBuffers:
         return buffer
 
 
-def parse_json_body(body: bytes) -> PredictRequest:
+def parse_json_body(body: bytes, hop: Hop | None = None) -> InferRequest:
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise BadRequest(f"malformed JSON: {exc}") from None
-    return parse_document(doc, binary=False)
+    return parse_document(doc, binary=False, hop=hop)
 
 
-def parse_msgpack_body(body: bytes | bytearray) -> PredictRequest:
+def parse_msgpack_body(body: bytes | bytearray, hop: Hop | None = None) -> InferRequest:
     """Large raw tensors stay views of ``body`` (no copy) all the way to the worker: ``body`` must not change."""
     try:
-        doc = unpackb_views(body, raw=False, strict_map_key=True, max_bin_len=len(body), max_str_len=len(body))
+        doc = wire.unpackb_views(body, raw=False, strict_map_key=True, max_bin_len=len(body), max_str_len=len(body))
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise BadRequest(f"malformed msgpack: {exc}") from None
-    return parse_document(doc, binary=True)
+    return parse_document(doc, binary=True, hop=hop)
 
 
-def parse_document(doc: Any, *, binary: bool) -> PredictRequest:
+def parse_document(doc: Any, *, binary: bool, hop: Hop | None = None) -> InferRequest:
     if not isinstance(doc, dict):
         raise BadRequest(f"the body must be a map with {', '.join(_FIELDS)}; got {type(doc).__name__}")
     unknown = sorted(str(k) for k in doc if k not in _FIELDS)
@@ -154,7 +155,7 @@ def parse_document(doc: Any, *, binary: bool) -> PredictRequest:
                 raise BadRequest(f"tensors of input {name or 'the model'} differ in shape: {sorted(shapes)}")
             # one item: a view with the batch axis added (np.stack would copy the 602 KB of an image tensor)
             stacked[name] = arrays[0][np.newaxis] if len(arrays) == 1 else np.stack(arrays)
-    return PredictRequest(
+    return InferRequest(
         model=_str(doc, "model", required=True),
         version=_str(doc, "version") or None,
         framework=_str(doc, "framework") or None,
@@ -163,8 +164,28 @@ def parse_document(doc: Any, *, binary: bool) -> PredictRequest:
         top_k=_top_k(doc.get("top_k", DEFAULT_TOP_K)),
         images=tuple(images),
         tensors=stacked,
+        outputs=_outputs(doc.get("outputs", False)),
+        exact_dtypes=_flag(doc, "exact_dtypes"),
         trace_level=trace_level(doc.get("trace")),
+        hop=hop or Hop(),
     )
+
+
+def _outputs(value: Any) -> bool | tuple[str, ...]:
+    """'outputs': true for every raw output tensor, a list of output names for those, false (default) for the
+    model's own answer (predictions, when it classifies)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        return tuple(value)
+    raise BadRequest(f"'outputs' must be true, false or a non-empty list of output names, got {value!r}")
+
+
+def _flag(doc: dict[str, Any], key: str) -> bool:
+    value = doc.get(key, False)
+    if not isinstance(value, bool):
+        raise BadRequest(f"'{key}' must be true or false, got {value!r}")
+    return value
 
 
 def _str(doc: dict[str, Any], key: str, *, required: bool = False) -> str:
@@ -226,13 +247,13 @@ def _tensor(value: Any, where: str) -> np.ndarray:
     data = value.get("data")
     if isinstance(data, bytes | memoryview):  # memoryview: a large bin of a msgpack body, not copied
         try:
-            return decode_tensor(value)
-        except ProtocolError as exc:
+            return wire.decode(value)
+        except wire.TensorError as exc:
             raise BadRequest(f"{where}: {exc}") from None
     dtype_name = value.get("dtype", "float32")
-    dtype = DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None
+    dtype = wire.DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None
     if dtype is None:
-        raise BadRequest(f"{where}: unsupported dtype {dtype_name!r}; use one of {', '.join(DTYPES)}")
+        raise BadRequest(f"{where}: unsupported dtype {dtype_name!r}; use one of {', '.join(wire.DTYPES)}")
     if not isinstance(data, list):
         raise BadRequest(f"{where}.data must be a list of numbers (or raw bytes in msgpack)")
     flat = _flatten(data, where)

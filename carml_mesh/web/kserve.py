@@ -11,12 +11,13 @@ from aiohttp import web
 from opentelemetry.trace import SpanKind
 
 from .. import __version__
+from ..dataplane.types import InferRequest
 from ..errors import BadRequest, PayloadTooLarge
+from ..headers import hop_from
 from ..manifest.schema import Manifest
 from ..trace.setup import NONE, extract, hex_trace_id, reset_level, set_level
 from . import bodies
 from . import kserve_codec as codec
-from .api import hop_headers
 
 if TYPE_CHECKING:
     from ..node.node import Node
@@ -101,18 +102,16 @@ async def model_ready(request: web.Request) -> web.Response:
 async def infer(request: web.Request) -> web.Response:
     """Traced like /api/predict: a server span, the executor and worker below it at level model, and the answer's
     ``parameters.trace_id``. The level is ``parameters.trace_level`` in the request, else X-Carml-Trace-Level, else
-    the node's default."""
+    the node's default. Routed like /api/predict too: one `InferRequest` to `RoutedInference.infer`."""
     node = _node(request)
     level = node.tracing.request_level(request.headers)
     if level == NONE:  # the hot path: no span unless the body asks for one
         started_ns = time.time_ns()
-        prepared = await _relay_or_parse(request, node)
-        if isinstance(prepared, web.Response):
-            return prepared
-        body_level = _trace_level(prepared)
+        parsed = await _parse(request, node)
+        body_level = _trace_level(parsed)
         if not body_level:
-            return await _infer_here(request, node, prepared, None)
-        return await _traced_infer(request, node, body_level, prepared, started_ns)
+            return await _infer(request, node, parsed, None)
+        return await _traced_infer(request, node, body_level, parsed, started_ns)
     return await _traced_infer(request, node, level, None, None)
 
 
@@ -130,12 +129,7 @@ async def _traced_infer(
             start_time=started_ns,
         ) as span:
             if parsed is None:
-                prepared = await _relay_or_parse(request, node)
-                if isinstance(prepared, web.Response):  # a peer served it
-                    if span is not None:
-                        span.set_attributes({"carml.relayed": True, "http.status_code": prepared.status})
-                    return prepared
-                parsed = prepared
+                parsed = await _parse(request, node)
                 body_level = _trace_level(parsed)
                 if body_level is not None:  # the body's word over the header's
                     set_level(body_level)
@@ -143,7 +137,7 @@ async def _traced_infer(
                         node.tracing.discard(span)
                         span = None
             trace_id = hex_trace_id(span) if span is not None else None
-            response = await _infer_here(request, node, parsed, trace_id)
+            response = await _infer(request, node, parsed, trace_id)
             if span is not None:
                 span.set_attributes({"carml.model": request.match_info["name"], "http.status_code": response.status})
             return response
@@ -155,41 +149,20 @@ def _trace_level(parsed: codec.InferRequest) -> int | None:
     return bodies.trace_level(parsed.parameters.get("trace_level"), "parameters.trace_level")
 
 
-async def _relay_or_parse(request: web.Request, node: Node) -> web.Response | codec.InferRequest:
-    """A peer's answer when the mesh routes the request there; else the request, parsed, to serve here."""
-    name, version = request.match_info["name"], request.match_info.get("version")
-    forwarded, timeout, trace = hop_headers(request)
-    body = await request.read()
-    if not forwarded:
-        relayed = await node.routed.relay_kserve(
-            name, version, request.path, body, dict(request.headers), framework=None, timeout=timeout, trace=trace
-        )
-        if relayed is not None:  # a peer served it: its answer, as it is
-            status, headers, answer = relayed
-            keep = {k: v for k, v in headers.items() if k.lower() in (HEADER_LENGTH.lower(), "content-encoding")}
-            return web.Response(
-                status=status,
-                body=answer,
-                headers=keep,
-                content_type=headers.get("Content-Type", "application/json").split(";")[0],
-            )
-    node.catalog.get(name, version)  # this node serves it: 404 if it turns out not to have it
+async def _parse(request: web.Request, node: Node) -> codec.InferRequest:
     raw_length = request.headers.get(HEADER_LENGTH)
     header_length = None
     if raw_length is not None:
         if not raw_length.strip().isdigit():
             raise BadRequest(f"{HEADER_LENGTH} must be a non-negative integer, got {raw_length!r}")
         header_length = int(raw_length)
+    body = await request.read()
     max_elements = node.config.max_body_bytes  # no tensor may hold more elements than the body has bytes
     return codec.parse_infer_request(body, header_length, max_elements=max_elements)
 
 
-async def _infer_here(
-    request: web.Request, node: Node, parsed: codec.InferRequest, trace_id: str | None
-) -> web.Response:
-    name, version = request.match_info["name"], request.match_info.get("version")
-    _, timeout, _ = hop_headers(request)
-    params = parsed.parameters
+def infer_request(request: web.Request, parsed: codec.InferRequest) -> InferRequest:
+    """The protocol-neutral request: raw output tensors (the codec does classification), exact element types."""
     tensors: dict[str, np.ndarray] = {}
     for item in parsed.inputs:
         if item.datatype == "BYTES":
@@ -197,24 +170,40 @@ async def _infer_here(
         tensors[item.name] = item.array
     if not tensors:
         raise BadRequest("'inputs' must hold at least one tensor")
-    framework = params.get("framework") if isinstance(params.get("framework"), str) else None
-    device = params.get("device") if isinstance(params.get("device"), str) else None
-    model, spec, outputs = await node.inference.infer_tensors(
-        name, version, tensors, None, framework=framework, device=device, timeout=timeout
+    params = parsed.parameters
+    return InferRequest(
+        model=request.match_info["name"],
+        version=request.match_info.get("version"),
+        framework=_param(params, "framework"),
+        device=_param(params, "device"),
+        node=_param(params, "node"),
+        tensors=tensors,
+        outputs=True,
+        exact_dtypes=True,
+        hop=hop_from(request.headers),
     )
-    parameters: dict[str, Any] = {"framework": spec.framework, "device": spec.device, "node": node.id}
+
+
+def _param(params: dict[str, Any], key: str) -> str | None:
+    value = params.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+async def _infer(request: web.Request, node: Node, parsed: codec.InferRequest, trace_id: str | None) -> web.Response:
+    reply = await node.routed.infer(infer_request(request, parsed))
+    parameters: dict[str, Any] = {"framework": reply.framework, "device": reply.device, "node": reply.node.id}
     if trace_id is not None:
         parameters["trace_id"] = trace_id
     try:
         body, json_length = codec.encode_infer_response(
-            model_name=model.name,
-            model_version=model.version,
+            model_name=reply.model,
+            model_version=reply.version,
             request_id=parsed.id,
-            outputs=list(outputs.items()),
+            outputs=list(reply.outputs.items()),
             requested=parsed.outputs,
             binary_default=parsed.binary_data_output,
             parameters=parameters,
-            labels=list(model.labels) or None,
+            labels=list(reply.labels) or None,
         )
     except MemoryError:
         raise PayloadTooLarge("the response would be too large") from None

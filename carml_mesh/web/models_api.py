@@ -26,10 +26,10 @@ from ..errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from ..headers import FORWARDED
 from ..manifest.loader import MAX_MANIFEST_BYTES, parse_manifest_text
 from ..manifest.schema import FRAMEWORKS, NAME_RE, SHA256_RE, VERSION_RE, Manifest
 from ..node.catalog import MAX_LABELS_BYTES
-from ..node.forward import FORWARDED
 from ..node.replication import alive_peers, choose_peers, parse_target, resolve_source
 from ..store.artifacts import Ingest
 from . import forms

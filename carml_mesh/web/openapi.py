@@ -635,6 +635,20 @@ def openapi_document() -> dict[str, Any]:
                         "device": {"type": "string"},
                         "node": {"type": "string", "description": "run on this member (id or name) or fail"},
                         "top_k": {"type": "integer", "minimum": 1, "default": 5},
+                        "outputs": {
+                            "oneOf": [
+                                {"type": "boolean"},
+                                {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
+                            ],
+                            "default": False,
+                            "description": "raw output tensors instead of the model's predictions: all of them "
+                            "(true) or these names; a classification model's reply then holds its labels",
+                        },
+                        "exact_dtypes": {
+                            "type": "boolean",
+                            "default": False,
+                            "description": "refuse a tensor of another element type instead of converting it",
+                        },
                         "trace": {
                             "type": "string",
                             "enum": ["none", "application", "model", "framework"],
@@ -675,6 +689,11 @@ def openapi_document() -> dict[str, Any]:
                         "device": {"type": "string"},
                         "node": {"type": "object"},
                         "batch_size": {"type": "integer"},
+                        "labels": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "the model's class labels, with raw outputs of a classification model",
+                        },
                         "results": {
                             "type": "array",
                             "items": {

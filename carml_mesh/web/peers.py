@@ -26,7 +26,7 @@ import aiohttp
 from aiohttp import web
 
 from ..errors import BadRequest
-from .auth import auth_headers
+from ..headers import auth_headers
 
 log = logging.getLogger("carml.peers")
 

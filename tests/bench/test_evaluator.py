@@ -18,7 +18,7 @@ async def test_digits_accuracy_through_the_nodes_inference(node, framework: str)
     dataset = load_digits(digits_path(model))
     progress = Progress()
     figures = await evaluate(
-        node.routed.predict,
+        node.routed.infer,
         dataset,
         Target("digits-cnn", framework=framework),
         map_classes(dataset.classes, model.labels),
@@ -56,7 +56,7 @@ async def test_an_undecodable_image_fails_alone(node) -> None:
     digits = load_digits(digits_path(model))
     dataset = _Images(digits.x, digits.labels)
     figures = await evaluate(
-        node.routed.predict, dataset, Target("digits-cnn"), map_classes(dataset.classes, model.labels), model.labels
+        node.routed.infer, dataset, Target("digits-cnn"), map_classes(dataset.classes, model.labels), model.labels
     )
     assert figures["images"] == 5 and figures["failed"] == 1
     assert figures["failed_examples"][0].startswith("six[5]: "), figures["failed_examples"]

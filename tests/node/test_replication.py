@@ -26,7 +26,7 @@ import pytest
 from nodeproc import Proc, gossip_address, launch, node_config, stop, wait_ready
 
 from carml_mesh.errors import BadRequest
-from carml_mesh.node.forward import FORWARDED
+from carml_mesh.headers import FORWARDED
 from carml_mesh.node.node import Node
 from carml_mesh.node.replication import Peer, choose_peers, parse_source, parse_target, resolve_source
 

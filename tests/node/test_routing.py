@@ -99,6 +99,17 @@ async def test_a_model_only_c_has_is_served_through_a(mesh, cat_jpeg) -> None:
         length = int(resp.headers.get("Inference-Header-Content-Length", len(answer)))
         meta = json.loads(answer[:length])
         assert meta["model_name"] == "digits-cnn" and meta["parameters"]["node"] in (b.node_id, c.node_id)
+        # the classification extension needs the model's labels, which only the serving node has
+        doc = {
+            "inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}],
+            "outputs": [{"name": "logits", "parameters": {"classification": 2}}],
+        }
+        async with http.post(a.url + "/v2/models/digits-cnn/infer", json=doc) as resp:
+            answer = await resp.json()
+            assert resp.status == 200, answer
+        (out,) = answer["outputs"]
+        assert out["datatype"] == "BYTES" and out["shape"] == [1, 2]
+        assert all(label.split(":")[2] in {str(n) for n in range(10)} for label in out["data"]), out
         # a pinned node serves it, or the answer says who could
         status, doc = await predict_msgpack(
             http, a.url, {"model": "digits-cnn", "node": "b", "inputs": [digits_item(x[0, 0])]}

@@ -159,6 +159,31 @@ async def test_msgpack_answer_when_asked(http, digits_heldout) -> None:
     assert status == 200 and doc["model"] == "digits-cnn"
 
 
+async def test_raw_outputs_of_a_classification_model_come_with_its_labels(http, digits_heldout) -> None:
+    x, y = digits_heldout
+    items = [tensor_item(x[0]), tensor_item(x[1])]
+    status, doc = await post_msgpack(http, {"model": "digits-cnn", "outputs": True, "inputs": items})
+    assert status == 200, doc
+    logits = [np.frombuffer(r["outputs"]["logits"]["data"], np.float32) for r in doc["results"]]
+    assert [int(v.argmax()) for v in logits] == [int(y[0]), int(y[1])]
+    assert doc["labels"] == [str(n) for n in range(10)] and "predictions" not in doc["results"][0]
+    status, doc = await post_msgpack(http, {"model": "digits-cnn", "outputs": ["logits"], "inputs": items[:1]})
+    assert status == 200 and list(doc["results"][0]["outputs"]) == ["logits"]
+    status, doc = await post_msgpack(http, {"model": "digits-cnn", "outputs": ["probs"], "inputs": items[:1]})
+    assert status == 400 and "unknown output 'probs'" in doc["error"], doc
+    for bad in ([], "logits", [""], 1):
+        status, doc = await post_msgpack(http, {"model": "digits-cnn", "outputs": bad, "inputs": items[:1]})
+        assert status == 400 and "'outputs' must be" in doc["error"], (bad, doc)
+
+
+async def test_exact_dtypes_refuses_what_would_be_converted(http) -> None:
+    item = {"tensor": {"dtype": "int64", "shape": [1, 8, 8], "data": np.zeros((1, 8, 8), np.int64).tobytes()}}
+    status, body = await post_msgpack(http, {"model": "digits-cnn", "exact_dtypes": True, "inputs": [item]})
+    assert status == 400 and "expected element type float32, got int64" in body["error"], body
+    status, body = await post_msgpack(http, {"model": "digits-cnn", "exact_dtypes": "yes", "inputs": [item]})
+    assert status == 400 and "'exact_dtypes' must be true or false" in body["error"], body
+
+
 def bomb_png() -> bytes:
     """A valid 1x1 PNG whose header claims 40000 x 40000 pixels: refused before any pixel is decoded."""
     png = bytearray(png_bytes(np.zeros((1, 1), dtype=np.uint8)))

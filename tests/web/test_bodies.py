@@ -1,4 +1,4 @@
-"""/api/predict bodies (JSON and msgpack) into PredictRequests, every refusal naming the field; answers encoded."""
+"""/api/predict bodies (JSON and msgpack) into InferRequests, every refusal naming the field; answers encoded."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from carml_mesh.errors import BadRequest, PayloadTooLarge, RequestError, UnsupportedMediaType
 from carml_mesh.exec.worker.protocol import DTYPES, decode_tensor, encode_tensor
-from carml_mesh.node.inference import DEFAULT_TOP_K, PredictRequest
+from carml_mesh.dataplane.types import DEFAULT_TOP_K, InferRequest
 from carml_mesh.web import bodies
 from carml_mesh.web.bodies import (
     check_content_type,
@@ -31,11 +31,11 @@ PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(40))  # only bytes here: decoding happe
 B64 = base64.b64encode(PNG).decode()
 
 
-def js(doc: Any) -> PredictRequest:
+def js(doc: Any) -> InferRequest:
     return parse_json_body(json.dumps(doc).encode())
 
 
-def mp(doc: Any) -> PredictRequest:
+def mp(doc: Any) -> InferRequest:
     return parse_msgpack_body(msgpack.packb(doc, use_bin_type=True))
 
 
@@ -58,7 +58,7 @@ def refused_msgpack(doc: Any, fragment: str) -> None:
 
 def test_minimal_request_gets_defaults() -> None:
     req = js({"model": "digits-cnn", "inputs": [{"image": B64}]})
-    assert req == PredictRequest(model="digits-cnn", top_k=DEFAULT_TOP_K, images=(PNG,))
+    assert req == InferRequest(model="digits-cnn", top_k=DEFAULT_TOP_K, images=(PNG,))
     assert (req.version, req.framework, req.device, req.tensors) == (None, None, None, None)
     assert req.batch_size == 1
 
@@ -507,7 +507,7 @@ def test_arbitrary_documents_raise_only_request_errors(doc: Any, binary: bool) -
         req = parse_document(doc, binary=binary)
     except RequestError:
         return
-    assert isinstance(req, PredictRequest)
+    assert isinstance(req, InferRequest)
     assert req.batch_size == len(doc["inputs"])
 
 
