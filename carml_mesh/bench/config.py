@@ -111,7 +111,7 @@ def _int(value: Any, where: str, lo: int, hi: int) -> int:
         raise BadRequest(f"{where}: must be an integer ≥ {lo}, got {value}")
     if value > hi:
         raise BadRequest(f"{where}: must be at most {hi}, got {value}")
-    return value
+    return int(value)
 
 
 def _number(value: Any, where: str, hi: float, *, positive: bool = True) -> float:
@@ -124,7 +124,7 @@ def _number(value: Any, where: str, hi: float, *, positive: bool = True) -> floa
         raise BadRequest(f"{where}: must not be negative, got {value:g}")
     if value > hi:
         raise BadRequest(f"{where}: must be at most {hi:g}, got {value:g}")
-    return value
+    return float(value)
 
 
 def _str(value: Any, where: str, *, max_len: int = 200) -> str:

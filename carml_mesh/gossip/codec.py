@@ -129,7 +129,7 @@ def _uint64(value: Any, where: str) -> int:
         value = int(value)
     if value < 0 or value > MAX_UINT64:
         raise CodecError(f"{where}: expected an integer in 0..2**64-1, got {_show(value)}")
-    return value
+    return int(value)
 
 
 def _bool(value: Any, where: str) -> bool:
@@ -309,7 +309,7 @@ def encode_message(msg: Message) -> bytes:
         raise CodecError(f"not a gossip message: {type(msg).__name__}")
     fields = encoder(msg)
     try:
-        return msgpack.packb(fields, use_bin_type=True)
+        return bytes(msgpack.packb(fields, use_bin_type=True))
     except (TypeError, ValueError, OverflowError) as exc:  # e.g. an int in meta beyond msgpack's 64 bits
         raise CodecError(f"{type(msg).__name__}: cannot encode: {exc}") from None
 
@@ -329,7 +329,8 @@ def _envelope(cluster: str, sender: str) -> bytes:
     _name(cluster, "cluster", empty=True)
     _name(sender, "sender")
     try:
-        return b"\x94" + msgpack.packb(PROTOCOL_VERSION) + msgpack.packb(cluster) + msgpack.packb(sender)
+        head: bytes = msgpack.packb(PROTOCOL_VERSION) + msgpack.packb(cluster) + msgpack.packb(sender)
+        return b"\x94" + head
     except ValueError as exc:  # a str that is not valid UTF-8 (lone surrogates)
         raise CodecError(f"cannot encode the cluster or sender name: {exc}") from None
 
@@ -491,7 +492,7 @@ class _Walker:
         pos = self.unpacker.tell()
         if pos >= self.size:
             raise CodecError("truncated")
-        return _KIND[self.data[pos]]
+        return int(_KIND[self.data[pos]])
 
     def _claim(self, count: int, item_bytes: int) -> None:
         if count * item_bytes > self.size - self.unpacker.tell():
@@ -645,4 +646,4 @@ def frame_length(header: bytes) -> int:
     (n,) = _FRAME.unpack(header)
     if n > MAX_STREAM_FRAME:
         raise CodecError(f"stream frame of {n} bytes announced, at most {MAX_STREAM_FRAME}")
-    return n
+    return int(n)

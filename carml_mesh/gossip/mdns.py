@@ -10,10 +10,11 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import ifaddr
-from zeroconf import InterfaceChoice, InterfacesType, IPVersion, ServiceStateChange, Zeroconf
+from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
+from zeroconf._utils.net import InterfacesType  # the package re-exports it without __all__ saying so
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 __all__ = ["MDNS_PROTOCOL", "SERVICE_TYPE", "Discovered", "MdnsDiscovery", "local_ipv4_addresses", "parse_txt"]
@@ -249,7 +250,7 @@ class MdnsDiscovery:
         resolve_failures."""
         return dict(self._stats)
 
-    def _track(self, future: asyncio.Future[object]) -> None:
+    def _track(self, future: asyncio.Future[Any]) -> None:
         self._tasks.add(future)
         future.add_done_callback(self._tasks.discard)
 

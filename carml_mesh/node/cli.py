@@ -430,9 +430,10 @@ def _client(coro: Coroutine[Any, Any, tuple[int, Any]], url: str) -> tuple[int, 
     import aiohttp
 
     try:
-        return _run(coro)
+        answer: tuple[int, Any] = _run(coro)
     except aiohttp.ClientConnectionError as exc:
         raise SystemExit(f"carml-node: cannot reach a node at {url}: {exc}") from None
+    return answer
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,7 +65,7 @@ class JoinSchedule:
     def delay(self) -> float:
         """Seconds until the next attempt after ``attempts`` failures: interval * 2^(attempts-1), capped, jittered."""
         base = min(self.policy.max_interval, self.policy.interval * 2 ** max(0, self.attempts - 1))
-        return base * (1 + self.rng.uniform(-JITTER, JITTER))
+        return float(base * (1 + self.rng.uniform(-JITTER, JITTER)))
 
     def record(self, now_unix: float, targets: Sequence[Address], joined: int) -> float | None:
         """One attempt's outcome; returns the delay before the next one, or None when there is to be none."""

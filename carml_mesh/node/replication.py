@@ -288,7 +288,7 @@ async def _error_text(resp: aiohttp.ClientResponse) -> str:
     try:
         doc = json.loads(raw)
         if isinstance(doc, dict) and isinstance(doc.get("error"), str):
-            return doc["error"]
+            return str(doc["error"])
     except ValueError:
         pass
     return raw.decode("utf-8", "replace").strip() or resp.reason or f"HTTP {resp.status}"

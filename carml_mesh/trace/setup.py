@@ -214,7 +214,8 @@ class Tracing:
         self.zipkin_url = zipkin_url
         self._export: BatchSpanProcessor | None = None
         if zipkin_url:
-            from opentelemetry.exporter.zipkin.json import Protocol, ZipkinExporter
+            from opentelemetry.exporter.zipkin.encoder import Protocol
+            from opentelemetry.exporter.zipkin.json import ZipkinExporter
 
             exporter = ZipkinExporter(version=Protocol.V2, endpoint=zipkin_url, timeout=EXPORT_TIMEOUT_S)
             self._export = BatchSpanProcessor(exporter, schedule_delay_millis=500)
@@ -301,7 +302,7 @@ class Tracing:
     def _shutdown(self, timeout_s: float) -> None:
         if self._export is not None:
             self._export.force_flush(timeout_millis=int(timeout_s * 1000))
-            self._export.shutdown()
+            self._export.shutdown()  # type: ignore[no-untyped-call]  # the SDK leaves it unannotated
 
     async def aclose(self, timeout_s: float = 2.0) -> None:
         """Store what has ended, flush what is batched for Zipkin (bounded) and stop; later spans are dropped."""

@@ -368,7 +368,7 @@ def trace_timestamp(spans: Iterable[Span]) -> int | None:
         if ts is None:
             continue
         if "parentId" not in span:
-            return ts
+            return int(ts)
         if earliest is None or ts < earliest:
             earliest = ts
     return earliest

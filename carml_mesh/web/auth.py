@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from ..errors import ConfigError, Unauthorized
 
@@ -104,9 +105,7 @@ def check_token(header: str | None, token: str) -> None:
         raise Unauthorized("the API token is wrong", invalid_token=True)
 
 
-def make_auth_middleware(
-    token: str | None, *, protect_all: bool
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def make_auth_middleware(token: str | None, *, protect_all: bool) -> Middleware:
     """The middleware for a node: checks the token where RULES say; a no-op without a token."""
 
     @web.middleware

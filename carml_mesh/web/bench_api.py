@@ -308,7 +308,7 @@ def openapi_paths() -> dict[str, Any]:
     }
     run_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
     scope = {"name": "scope", "in": "query", "schema": {"enum": ["mesh", "local"]}}
-    token = [{"bearer": []}]
+    token: list[dict[str, list[str]]] = [{"bearer": []}]
     return {
         "/api/benchmarks": {
             "post": {

@@ -35,7 +35,8 @@ def wants_msgpack(accept: str, content_type: str) -> bool:
 
 def encode(payload: Any, as_msgpack: bool) -> bytes:
     if as_msgpack:
-        return msgpack.packb(payload, use_bin_type=True, default=_msgpack_default)
+        packed: bytes = msgpack.packb(payload, use_bin_type=True, default=_msgpack_default)
+        return packed
     try:
         return json.dumps(payload, default=_json_default, allow_nan=False, separators=(",", ":")).encode()
     except ValueError:  # a NaN or inf outside an array (a score of a broken model): null, as JSON has no NaN

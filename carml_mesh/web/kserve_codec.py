@@ -310,7 +310,8 @@ def _json_array(where: str, datatype: str, flat: list[Any], shape: tuple[int, ..
 def _binary_array(where: str, datatype: str, shape: tuple[int, ...], count: int, chunk: memoryview) -> np.ndarray:
     """Build the array of a binary-data input from its slice of the body, whose size is already checked."""
     if datatype == "BOOL":
-        return (np.frombuffer(chunk, dtype=np.uint8) != 0).reshape(shape)
+        flags: np.ndarray = np.frombuffer(chunk, dtype=np.uint8) != 0
+        return flags.reshape(shape)
     if datatype != "BYTES":
         return np.frombuffer(chunk, dtype=DATATYPES[datatype]).reshape(shape).copy()
     size = len(chunk)

@@ -44,7 +44,7 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 
 def _publishing_paths(model_path: dict[str, Any], version_path: dict[str, Any]) -> dict[str, Any]:
     """Publishing, replication and withdrawal (web/models_api.py); each needs the API token when one is set."""
-    token = [{"bearer": []}]
+    token: list[dict[str, list[str]]] = [{"bearer": []}]
     result = _json(
         {
             "type": "object",
@@ -395,7 +395,9 @@ def _evaluations_paths() -> dict[str, Any]:
 
 @cache
 def openapi_document() -> dict[str, Any]:
-    ref = lambda name: {"$ref": f"#/components/schemas/{name}"}  # noqa: E731
+    def ref(name: str) -> dict[str, Any]:
+        return {"$ref": f"#/components/schemas/{name}"}
+
     model_path = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
     version_path = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
     kserve_infer = {

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from carml_mesh.dataplane.types import DEFAULT_TOP_K, InferRequest
 from carml_mesh.errors import BadRequest, PayloadTooLarge, RequestError, UnsupportedMediaType
 from carml_mesh.exec.worker.protocol import DTYPES, decode_tensor, encode_tensor
-from carml_mesh.dataplane.types import DEFAULT_TOP_K, InferRequest
 from carml_mesh.web import bodies
 from carml_mesh.web.bodies import (
     check_content_type,
