@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import os
 import tempfile
 import threading
 import time
@@ -40,12 +41,17 @@ def framework_version(framework: str) -> str | None:
 
 
 class OnnxRuntimeModel:
-    def __init__(self, path: str, device: str, threads: int) -> None:
+    def __init__(self, path: str, device: str, threads: int, pool: int = 1) -> None:
         import onnxruntime as ort
 
         self.ort = ort
         self.path = path
         self.threads = threads
+        # onnxruntime's intra-op threads spin between operators by default, which pays when each has a core of its
+        # own; when the worker's slots together run more threads than there are cores, the spinning steals the
+        # cores the other slots compute on (efficientnet-lite0, 2 cores, 2 threads x pool 2: 91 img/s spinning,
+        # 128 not; see scripts/bench/worker_config.py)
+        self.spin = (threads or usable_cores()) * max(1, pool) <= usable_cores()
         options = self._options()
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda"):
@@ -70,6 +76,8 @@ class OnnxRuntimeModel:
         if self.threads > 0:
             options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
+        if not self.spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         if profile_prefix is not None:
             options.enable_profiling = True
@@ -165,9 +173,14 @@ class TorchScriptModel:
 _TORCH_PROFILER = threading.Lock()
 
 
-def load(framework: str, path: str, device: str, threads: int, spec: dict[str, Any]) -> LoadedModel:
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity: a container's cpuset, taskset), not the host's count."""
+    return len(os.sched_getaffinity(0)) or 1
+
+
+def load(framework: str, path: str, device: str, threads: int, spec: dict[str, Any], pool: int = 1) -> LoadedModel:
     if framework == "onnxruntime":
-        return OnnxRuntimeModel(path, device, threads)
+        return OnnxRuntimeModel(path, device, threads, pool)
     if framework == "pytorch":
         inputs = [i["name"] for i in spec["inputs"]]
         outputs = [o["name"] for o in spec["outputs"]]

@@ -147,6 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     # The node owns our lifecycle: it closes the socket or sends shutdown. A Ctrl-C in the node's terminal reaches
     # the whole process group, so ignore SIGINT and let the node shut us down in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    service = WorkerService(args.framework, args.device, args.threads, args.max_pixels)
+    service = WorkerService(args.framework, args.device, args.threads, args.max_pixels, pool=args.pool)
     serve(service, args.connect, args.pool)
     return 0

@@ -31,6 +31,7 @@ class WorkerService:
     device: str
     threads: int = 0
     max_pixels: int = preprocess.DEFAULT_MAX_PIXELS
+    pool: int = 1  # requests run at once (the worker's threads), which the framework's threading takes into account
     models: dict[str, Model] = field(default_factory=dict)
 
     def hello(self) -> dict[str, Any]:
@@ -48,7 +49,7 @@ class WorkerService:
             return {"load_ms": self.models[key].load_ms, "already": True}
         spec = msg["spec"]
         started = time.perf_counter()
-        runner = backends.load(self.framework, msg["path"], self.device, self.threads, spec)
+        runner = backends.load(self.framework, msg["path"], self.device, self.threads, spec, self.pool)
         image_inputs = [i for i in spec["inputs"] if i.get("type") == "image"]
         image = preprocess.ImageSpec.from_wire(image_inputs[0]) if image_inputs else None
         load_ms = (time.perf_counter() - started) * 1e3
