@@ -22,16 +22,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import re
+import select
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -54,21 +57,47 @@ EVENT = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) carml\.mesh INFO me
 NODE_ID = re.compile(r"^carml-node \S+ \((\w+)\) on http", re.MULTILINE)
 
 
+# Every node's output arrives through its tee thread, which notifies this: readiness and gossip events are waited
+# for as they are printed, never polled for.
+OUTPUT = threading.Condition()
+
+
 @dataclass
 class RealNode:
     host: netns.Host
     proc: subprocess.Popen[bytes]
     log: Path
     id: str = ""
+    ready: bool = False  # it printed its "ready:" line
+    ended: bool = False  # its output ended: the process is gone or going
+    marks: list[tuple[float, str, str]] = field(default_factory=list)  # (unix time, member id, kind), as logged
+
+    def tee(self) -> None:
+        """The node's output into its log file (kept for runs with deaths), and its readiness and events noted."""
+        assert self.proc.stdout is not None
+        with self.log.open("wb") as out:
+            for raw in self.proc.stdout:
+                out.write(raw)
+                out.flush()
+                line = raw.decode(errors="replace").rstrip("\n")
+                with OUTPUT:
+                    if m := NODE_ID.match(line):
+                        self.id = m.group(1)
+                    elif line.startswith("ready:"):
+                        self.ready = True
+                    elif m := EVENT.match(line):
+                        t = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                        self.marks.append((t, m.group(2), m.group(3)))
+                    else:
+                        continue
+                    OUTPUT.notify_all()
+        with OUTPUT:
+            self.ended = True
+            OUTPUT.notify_all()
 
     def events(self) -> list[tuple[float, str, str]]:
-        """(unix time, member id, event kind) as the node logged them."""
-        out = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            if m := EVENT.match(line):
-                t = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-                out.append((t, m.group(2), m.group(3)))
-        return out
+        with OUTPUT:
+            return list(self.marks)
 
     def cluster(self) -> dict[str, Any]:
         done = subprocess.run(
@@ -91,12 +120,34 @@ class RealNode:
         return doc
 
 
-def wait(predicate: Callable[[], bool], timeout: float, what: str, step: float = 0.5) -> None:
+def wait_output(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Until ``predicate`` (of what the nodes printed) holds; it is checked each time a node prints a line that
+    matters."""
+    with OUTPUT:
+        if not OUTPUT.wait_for(predicate, timeout):
+            raise SystemExit(f"netns: {what} not reached in {timeout:g} s")
+
+
+def poll(predicate: Callable[[], bool], timeout: float, what: str, step: float) -> None:
+    """Until ``predicate`` holds, asked every ``step`` s: for state that only the nodes' HTTP views tell (each
+    check is 8 requests into 8 namespaces), where no event says when it changed."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise SystemExit(f"netns: {what} not reached in {timeout:g} s")
         time.sleep(step)
+
+
+def exited_within(nodes: Sequence[RealNode], seconds: float) -> list[RealNode]:
+    """Block for ``seconds`` or until a node's process exits, whichever comes first (pidfds: woken by the exit
+    itself); the nodes that exited."""
+    fds = [os.pidfd_open(n.proc.pid) for n in nodes]
+    try:
+        select.select(fds, [], [], seconds)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return [n for n in nodes if n.proc.poll() is not None]
 
 
 def start_nodes(hosts: Sequence[netns.Host], tmp: Path) -> list[RealNode]:
@@ -109,22 +160,14 @@ def start_nodes(hosts: Sequence[netns.Host], tmp: Path) -> list[RealNode]:
         cmd += ["--log-level", "INFO"]
         if i:
             cmd += ["--join", f"{hosts[0].ip}:{GOSSIP_PORT}"]
-        with log.open("wb") as out:
-            proc = host.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-        nodes.append(RealNode(host, proc, log))
-
-    def ready() -> bool:
-        for node in nodes:
-            if node.proc.poll() is not None:
-                raise SystemExit(f"netns: {node.host.name} exited with {node.proc.returncode}: {node.log.read_text()}")
-            text = node.log.read_text(errors="replace")
-            if m := NODE_ID.search(text):
-                node.id = m.group(1)
-            if "\nready:" not in "\n" + text:
-                return False
-        return True
-
-    wait(ready, START_TIMEOUT_S, "all nodes ready")
+        node = RealNode(host, host.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO), log)
+        threading.Thread(target=node.tee, name=f"tee-{host.name}", daemon=True).start()
+        nodes.append(node)
+    wait_output(lambda: all(n.ready or n.ended for n in nodes), START_TIMEOUT_S, "all nodes ready")
+    for node in nodes:
+        if not node.ready:
+            code = node.proc.wait(timeout=10)
+            raise SystemExit(f"netns: {node.host.name} exited with {code}: {node.log.read_text(errors='replace')}")
     return nodes
 
 
@@ -146,16 +189,13 @@ def run_once(loss: float, seconds: float, chains: Sequence[str], seed: int, keep
     with netns.lan(N, prefix="gb") as hosts, tempfile.TemporaryDirectory(prefix="gossip-netns-") as tmpdir:
         tmp = Path(tmpdir)
         nodes = start_nodes(hosts, tmp)
-        wait(lambda: all_alive(nodes), CONVERGE_TIMEOUT_S, "all nodes ALIVE everywhere", step=1.0)
+        poll(lambda: all_alive(nodes), CONVERGE_TIMEOUT_S, "all nodes ALIVE everywhere", step=1.0)
         before = gossip_stats(nodes)
         out: dict[str, Any] = {"loss": loss, "seed": seed}
         with netns.packet_loss(hosts, loss, chains=chains):
             t_loss = time.time()
-            end = time.monotonic() + seconds
-            while time.monotonic() < end:
-                time.sleep(min(1.0, max(0.0, end - time.monotonic())))
-                if dead := [n.host.name for n in nodes if n.proc.poll() is not None]:
-                    raise SystemExit(f"netns: {', '.join(dead)} exited during the loss window")
+            if dead := exited_within(nodes, seconds):  # the window is a duration: a node's exit ends it early
+                raise SystemExit(f"netns: {', '.join(n.host.name for n in dead)} exited during the loss window")
             after = gossip_stats(nodes)
             t_window = time.time()
             marks = [(t, node.id, subject) for node in nodes for t, subject, kind in node.events() if kind == "dead"]
@@ -176,16 +216,17 @@ def run_once(loss: float, seconds: float, chains: Sequence[str], seed: int, keep
             victim.proc.kill()
             victim.proc.wait(timeout=10)
 
-            def agreed_at() -> dict[str, float]:
+            def agreed_at() -> dict[str, float]:  # with OUTPUT held: the tee threads append to marks
                 seen = {}
                 for node in survivors:
-                    times = [t for t, s, kind in node.events() if s == victim.id and kind == "dead" and t >= t_kill]
+                    times = [t for t, s, kind in node.marks if s == victim.id and kind == "dead" and t >= t_kill]
                     if times:
                         seen[node.id] = min(times)
                 return seen
 
-            wait(lambda: len(agreed_at()) == len(survivors), AGREE_TIMEOUT_S, "all survivors agree", step=0.2)
-            seen = agreed_at()
+            wait_output(lambda: len(agreed_at()) == len(survivors), AGREE_TIMEOUT_S, "all survivors agree")
+            with OUTPUT:
+                seen = agreed_at()
             out["agree_s"] = max(seen.values()) - t_kill
             out["first_dead_s"] = min(seen.values()) - t_kill
         if keep is not None and (out["false_deaths"] or out["dead_events"]):
