@@ -17,7 +17,7 @@ import msgpack
 from ..dataplane.document import MalformedReply, reply_from_document, request_document
 from ..dataplane.types import InferReply, InferRequest
 from ..errors import BadRequest, NotFound, PayloadTooLarge, RequestError, ServiceError, UnsupportedMediaType
-from ..headers import FORWARDED, TIMEOUT_MS, auth_headers
+from ..headers import Hop, auth_headers
 
 MSGPACK = "application/msgpack"
 _BY_STATUS: dict[int, type[RequestError]] = {
@@ -54,14 +54,12 @@ class Forwarder:
             await self._session.close()
             self._session = None
 
-    def _headers(self, timeout: float, trace: dict[str, str]) -> dict[str, str]:
-        return {FORWARDED: self.node_id, TIMEOUT_MS: str(max(1, int(timeout * 1000))), **trace, **self._auth}
-
     async def infer(
         self, base_url: str, request: InferRequest, *, timeout: float, trace: dict[str, str] | None = None
     ) -> InferReply:
         body = msgpack.packb(request_document(request), use_bin_type=True)
-        headers = {"Content-Type": MSGPACK, "Accept": MSGPACK, **self._headers(timeout, trace or {})}
+        hop = Hop(trace=trace or {}).headers(self.node_id, timeout)  # the format hop_from reads on the peer
+        headers = {"Content-Type": MSGPACK, "Accept": MSGPACK, **hop, **self._auth}
         status, _, raw = await self._post(f"{base_url}/api/predict", body, headers, timeout)
         answer = _decode(raw, status)
         if status != 200:

@@ -121,7 +121,7 @@ class InferenceService:
             outputs=_outputs(reply) if predictions is None else {},
             items=tuple(ItemTimings(decode[n], prep[n], queue, compute, post, total) for n in range(batch)),
             timings=Timings(total, worker_ms, load_ms, max(0.0, total - worker_ms - load_ms)),
-            labels=tuple(model.labels) if request.outputs else (),
+            labels=model.labels if request.outputs else (),
         )
 
     async def _traced_infer(self, spec: ModelSpec, message: dict[str, Any], batch: int, timeout: float) -> Any:

@@ -66,6 +66,7 @@ class RoutedInference:
         self.forwarded = 0
         self.retries = 0
         self.tracing: Tracing | None = None  # set by the node
+        self._alone = Route(node_id, "no peer in the mesh", (), (Attempt(node_id, True),))
 
     # --- who can serve it -----------------------------------------------------------------------------------------
 
@@ -165,7 +166,7 @@ class RoutedInference:
         if request.node is None and not self._has_peers():
             # alone in the mesh (or no mesh): nothing to choose, no decision on the hot path
             reply = await self.local.infer(request, timeout=budget)
-            return replace(reply, route=Route(self.node_id, "no peer in the mesh", (), (Attempt(self.node_id, True),)))
+            return replace(reply, route=self._alone)
         with self._span("route") as span:
             decision = self.decide(request.model, request.version, request.framework, request.device, node=request.node)
             if span is not None:
